@@ -1,0 +1,5 @@
+import sys
+
+from batchforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""The ``batchforge`` command line. Handlers live in their stage packages and load lazily,
+so ``batchforge run`` on a runtime-only install never touches torch.
+
+Exit codes: 0 success; 1 a check failed (parity) or some inputs could not be processed (run);
+2 could not run (bad arguments or input, missing artifact or backend, incompatible engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from batchforge import __version__
+from batchforge.errors import EXIT_COULD_NOT_RUN, BatchforgeError
+
+EPILOG = """examples:
+  batchforge models
+  batchforge export --all
+  batchforge parity --all --backend onnxruntime --precision fp32 --report reports/parity.json
+  batchforge run reid_ensemble --input samples/reid --gallery artifacts/gallery.npz --output results.jsonl
+  batchforge bench reid_resnet50 --batch-sizes 1,8 --threads 2
+
+exit codes: 0 ok, 1 a check failed / some inputs failed, 2 could not run"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default="artifacts", metavar="DIR",
+                   help="artifacts root: one folder per model (default: artifacts)")
+
+
+def _add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--backend", default=default,
+                   help="auto (tensorrt > onnxruntime-cuda > onnxruntime-cpu), tensorrt, onnxruntime, "
+                        f"onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt (default: {default})")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: 0 = all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchforge",
+        description="Export PyTorch vision models to ONNX/TensorRT, run them in batches, and gate "
+                    "CI on parity with the PyTorch reference.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"batchforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list zoo models: family, inputs, profile, default tolerances")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler="batchforge.export.commands:cmd_models")
+
+    p = sub.add_parser("export", help="PyTorch -> artifacts/MODEL/model.fp32.onnx + export.json",
+                       description="Export zoo models (or a user model) to ONNX with a dynamic batch "
+                                   "axis, check it, and record export.json.")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="zoo model or ensemble names")
+    p.add_argument("--all", action="store_true", help="export the whole zoo")
+    p.add_argument("--weights", metavar="FILE",
+                   help="weights for a single model: .safetensors (preferred) or a state dict "
+                        "(loaded with torch.load(weights_only=True)); default: seeded calibrated init")
+    p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                   help="a user model: a factory returning a torch.nn.Module (needs --spec)")
+    p.add_argument("--spec", metavar="FILE", help="the user model's spec (JSON, see README)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--trace-batch", type=int, default=2, help="batch used to trace (>= 2; default: 2)")
+    p.add_argument("--max-batch", type=int, help="override the profile's max batch")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="fail instead of falling back to the TorchScript exporter")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.export.commands:cmd_export")
+
+    p = sub.add_parser("convert", help="FP32 ONNX -> model.fp16.onnx (overflow-prone nodes kept FP32)",
+                       description="ONNX-level FP16 conversion keeping I/O types; nodes whose calibrated "
+                                   "activations could overflow (or that you block) stay in FP32.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--precision", default="fp16", choices=("fp16",))
+    p.add_argument("--data", metavar="PATH", help="calibration inputs: image folder, .npy/.npz "
+                                                 "(default: refuse unless --allow-synthetic)")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="calibrate on the family's synthetic sample generator (reported loudly)")
+    p.add_argument("--block", action="append", default=[], metavar="NODE|OP",
+                   help="keep this node name or op type in FP32 (repeatable)")
+    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.calibration.commands:cmd_convert")
+
+    p = sub.add_parser("calibrate", help="FP32 ONNX -> model.int8.onnx (Q/DQ) + calibration.json",
+                       description="Static INT8 quantization (onnxruntime.quantization, per-channel "
+                                   "weights) with a measured per-node sensitivity pass that keeps the "
+                                   "most harmful nodes in FP32.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--data", metavar="PATH", help="calibration inputs: image folder, .npy/.npz")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="calibrate on the family's synthetic sample generator (reported loudly)")
+    p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
+    p.add_argument("--exclude", action="append", default=[], metavar="NODE",
+                   help="keep this node in FP32 in addition to the measured ones (repeatable)")
+    p.add_argument("--max-excluded", type=int, default=None, metavar="N",
+                   help="at most N nodes kept in FP32 by the sensitivity pass (default: family's)")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.calibration.commands:cmd_calibrate")
+
+    p = sub.add_parser("build", help="engine for a precision: TensorRT plan or ONNX Runtime artifact",
+                       description="Build a strongly typed TensorRT engine (or the ONNX Runtime "
+                                   "equivalent) from the fp32/fp16/int8 ONNX, with a manifest.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
+    p.add_argument("--min-batch", type=int, help="override the profile's min batch")
+    p.add_argument("--opt-batch", type=int, help="override the profile's opt batch")
+    p.add_argument("--max-batch", type=int, help="override the profile's max batch")
+    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (MiB)")
+    p.add_argument("--opt-level", type=int, default=3, choices=range(0, 6), metavar="0-5",
+                   help="TensorRT builder optimisation level (default: 3)")
+    p.add_argument("--timing-cache", metavar="FILE",
+                   help="TensorRT timing cache, reused across builds (default: OUTPUT_DIR/timing.cache)")
+    p.add_argument("--hardware-compat", default="none", choices=("none", "ampere_plus", "same_compute_capability"),
+                   help="TensorRT hardware compatibility level (default: none)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="build a TensorRT version-compatible engine (runs on later TensorRT)")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.engines.commands:cmd_build")
+
+    p = sub.add_parser("parity", help="compare engines with the PyTorch reference (the CI gate)",
+                       description="Run every parity check for the given models and precisions. "
+                                   "Exit 0 = all within tolerance, 1 = a check failed, 2 = could not run.")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--all", action="store_true", help="every zoo model and ensemble")
+    p.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, int8 (default: fp32)")
+    p.add_argument("--report", metavar="FILE.json",
+                   help="write the JSON report here and a Markdown table beside it (FILE.md)")
+    p.add_argument("--eval-size", type=int, metavar="N",
+                   help="shrink the evaluation set (smoke tests; the gate uses the default size)")
+    _add_backend(p, default="onnxruntime")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.parity.commands:cmd_parity")
+
+    p = sub.add_parser("run", help="batched inference over images -> streaming JSONL",
+                       description="Run a model or ensemble over a folder or glob of inputs. One JSON "
+                                   "line per input, in order; bad inputs get an error record.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--input", required=True, metavar="DIR|GLOB")
+    p.add_argument("--output", required=True, metavar="FILE.jsonl")
+    p.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: profile opt)")
+    p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default: fp32)")
+    p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
+    p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="refuse larger images (default: 40000000)")
+    _add_backend(p)
+    _add_common(p)
+    p.set_defaults(handler="batchforge.runtime.commands:cmd_run")
+
+    p = sub.add_parser("gallery", help="reid: embed labelled images into a gallery .npz",
+                       description="Labels are the file stem, or the parent folder with --label-from parent.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--input", required=True, metavar="DIR|GLOB")
+    p.add_argument("--output", required=True, metavar="FILE.npz")
+    p.add_argument("--label-from", choices=("stem", "parent"), default="stem")
+    p.add_argument("--precision", default="fp32")
+    _add_backend(p)
+    _add_common(p)
+    p.set_defaults(handler="batchforge.runtime.commands:cmd_gallery")
+
+    p = sub.add_parser("bench", help="throughput: raw session.run vs runner vs PyTorch eager",
+                       description="Images/s per batch size for raw InferenceSession.run, the "
+                                   "batchforge runner and PyTorch eager, same threads and inputs.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--batch-sizes", default="1,8", help="comma list (default: 1,8)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point, median reported")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--json", metavar="FILE", help="write results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="write a throughput plot (needs matplotlib)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager column")
+    _add_backend(p, default="onnxruntime")
+    _add_common(p)
+    p.set_defaults(handler="batchforge.parity.bench:cmd_bench")
+
+    p = sub.add_parser("inspect", help="ONNX or engine: I/O, dynamic dims, manifest, lint")
+    p.add_argument("path", metavar="PATH", help="an .onnx file, an engine manifest/plan, or a model folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler="batchforge.export.inspect:cmd_inspect")
+
+    p = sub.add_parser("doctor", help="backends found; GPU/driver/CUDA/TensorRT/ONNX Runtime versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler="batchforge.runtime.commands:cmd_doctor")
+
+    p = sub.add_parser("validate-config", help="check an anomaly infer_config.json; print every problem")
+    p.add_argument("path", metavar="FILE")
+    p.set_defaults(handler="batchforge.runtime.infer_config:cmd_validate_config")
+
+    p = sub.add_parser("samples", help="write deterministic sample inputs for a family",
+                       description="Synthetic, seeded inputs used by the main job and for calibration.")
+    p.add_argument("family", metavar="FAMILY")
+    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=1000)
+    p.set_defaults(handler="batchforge.export.commands:cmd_samples")
+    return parser
+
+
+def _load_handler(target: str):
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "a dependency"
+        extra = "export" if missing.split(".")[0] in {"torch", "torchvision", "onnx", "onnxscript",
+                                                     "safetensors"} else "cpu"
+        raise BatchforgeError(
+            f"this command needs {missing!r}, which is not installed",
+            hint=f"install it with `pip install 'batchforge[{extra}]'`") from None
+    return getattr(module, attr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_COULD_NOT_RUN
+    try:
+        return int(_load_handler(args.handler)(args) or 0)
+    except BatchforgeError as exc:
+        print(f"batchforge {args.command}: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"batchforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Handlers of ``batchforge models``, ``export`` and ``samples``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from batchforge.errors import UsageError
+from batchforge.runtime.artifacts import write_json_atomic
+from batchforge.runtime.loading import ENSEMBLE_FILE
+from batchforge.runtime.spec import ModelSpec
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from batchforge.export.registry import ENSEMBLES, ZOO, load_zoo
+    from batchforge.parity.tolerances import TOLERANCES
+
+    load_zoo()
+    rows = []
+    for name, entry in sorted(ZOO.items()):
+        spec = entry.spec
+        fp32 = TOLERANCES.get(spec.family, {})
+        tiers = {p.value: {k: v.value for k, v in limits.items()} for p, limits in fp32.items()}
+        rows.append({"name": name, "family": spec.family,
+                     "inputs": {t.name: list(t.shape) for t in spec.inputs},
+                     "outputs": list(spec.outputs),
+                     "profile": [spec.profile.min, spec.profile.opt, spec.profile.max],
+                     "description": spec.description, "tolerances": tiers})
+    for name, ens in sorted(ENSEMBLES.items()):
+        rows.append({"name": name, "family": ens.family, "ensemble": {m.model: m.weight for m in ens.members},
+                     "description": ens.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':24} {'family':10} {'input':22} {'profile':10} description")
+    for row in rows:
+        if "ensemble" in row:
+            members = " + ".join(f"{m} x{w}" for m, w in row["ensemble"].items())
+            print(f"{row['name']:24} {row['family']:10} {'(ensemble)':22} {'':10} {members}")
+            continue
+        shape = "x".join(str(d) for d in next(iter(row["inputs"].values()))[1:])
+        profile = "/".join(map(str, row["profile"]))
+        print(f"{row['name']:24} {row['family']:10} {shape:22} {profile:10} {row['description']}")
+    print("\nprofile = min/opt/max batch. Default tolerances: `batchforge models --json`.")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from batchforge.export.exporter import export_model
+    from batchforge.export.onnx_export import ExportOptions
+    from batchforge.export.registry import ZooEntry, expand_names, get_ensemble, get_model
+
+    options = ExportOptions(opset=args.opset, trace_batch=args.trace_batch,
+                            allow_fallback=not args.no_fallback)
+    if args.factory or args.spec:
+        if not (args.factory and args.spec):
+            raise UsageError("a user model needs both --factory MODULE:FUNCTION and --spec FILE")
+        if args.models or args.all:
+            raise UsageError("give either zoo model names or --factory/--spec, not both")
+        entries = [ZooEntry(_read_spec(args.spec), args.factory)]
+    else:
+        names = expand_names(args.models, args.all)
+        entries = [get_model(n) for n in names]
+    if args.weights and len(entries) != 1:
+        raise UsageError(f"--weights applies to exactly one model, got {len(entries)}")
+    for entry in entries:
+        profile = entry.spec.profile.with_overrides(max=args.max_batch) if args.max_batch else None
+        if profile is not None and profile.opt > profile.max:
+            profile = profile.with_overrides(opt=profile.max)
+        start = time.perf_counter()
+        record = export_model(entry, args.output_dir, weights=args.weights, options=options,
+                              profile=profile)
+        worst = max(r["max_rel"] for r in record["checks"]["parity"])
+        print(f"exported {entry.spec.name:24} {time.perf_counter() - start:6.1f}s  "
+              f"{record['exporter']['name']}, opset {args.opset}, ONNX vs PyTorch max_rel {worst:.1e} "
+              f"-> {Path(args.output_dir) / entry.spec.name / 'model.fp32.onnx'}", flush=True)
+    for name in (args.models if not args.all else _all_ensembles()):
+        ensemble = get_ensemble(name)
+        if ensemble is not None:
+            path = Path(args.output_dir) / name / ENSEMBLE_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, ensemble.to_dict())
+            print(f"wrote ensemble {name} ({' + '.join(ensemble.member_names)}) -> {path}")
+    return 0
+
+
+def _all_ensembles() -> list[str]:
+    from batchforge.export.registry import ENSEMBLES, load_zoo
+
+    load_zoo()
+    return sorted(ENSEMBLES)
+
+
+def _read_spec(path: str) -> ModelSpec:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
+    return ModelSpec.from_dict(data)
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from batchforge.export.samples import SAMPLE_GENERATORS, write_samples
+
+    if args.family not in SAMPLE_GENERATORS:
+        raise UsageError(f"unknown family {args.family!r}; known: {', '.join(sorted(SAMPLE_GENERATORS))}")
+    if args.count < 1:
+        raise UsageError(f"--count must be >= 1, got {args.count}")
+    paths = write_samples(args.family, args.out, args.count, args.seed)
+    print(f"wrote {len(paths)} {args.family} samples to {args.out}")
+    return 0

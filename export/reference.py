@@ -1,0 +1,115 @@
+"""The PyTorch reference: a Runner around the FP32 module, and an independent preprocessing.
+
+Parity feeds the reference with ``torch_preprocess`` (written with torch ops, not with the
+runtime's OpenCV code) so a runtime preprocessing bug, or a wrong preprocessing config in an
+artifact, shows up as a parity failure instead of being reproduced on both sides.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from batchforge.export.registry import resolve_factory
+from batchforge.export.weights import load_weights
+from batchforge.runtime.artifacts import ModelArtifacts
+from batchforge.runtime.preprocess import Geometry
+from batchforge.runtime.runners.base import Runner
+from batchforge.runtime.spec import ModelSpec, Preprocess, ResizeMode
+from batchforge.runtime.validation import IOMeta
+
+from batchforge.errors import ArtifactError
+
+
+def torch_preprocess(image: np.ndarray, pre: Preprocess) -> tuple[torch.Tensor, Geometry]:
+    """RGB uint8 (H, W, 3) -> (float32 (3, h, w), geometry), written independently with torch.
+
+    Returns:
+        The normalised input and how its pixels map back to the image (computed here, not by
+        the runtime, so a runtime letterbox bug cannot hide on both sides).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32)[None]
+    height, width = image.shape[:2]
+    if pre.resize is ResizeMode.LETTERBOX:
+        ratio = min(pre.height / height, pre.width / width)
+        new_h = max(1, min(pre.height, int(round(height * ratio))))
+        new_w = max(1, min(pre.width, int(round(width * ratio))))
+        top, left = (pre.height - new_h) // 2, (pre.width - new_w) // 2
+        canvas = torch.full((1, 3, pre.height, pre.width), float(pre.pad_value))
+        canvas[:, :, top : top + new_h, left : left + new_w] = _bilinear(x, new_h, new_w)
+        x = canvas
+        geometry = Geometry(height, width, new_w / width, new_h / height, float(left), float(top))
+    else:
+        x = _bilinear(x, pre.height, pre.width)
+        geometry = Geometry(height, width, pre.width / width, pre.height / height, 0.0, 0.0)
+    if pre.channel_order == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x / 255.0 - mean) / std)[0], geometry
+
+
+def _bilinear(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if x.shape[-2:] == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=False)
+
+
+class TorchRunner(Runner):
+    """Runs a torch module on numpy feeds (CPU, FP32, inference mode), outputs by spec name."""
+
+    backend = "torch"
+
+    def __init__(self, module: torch.nn.Module, spec: ModelSpec, *, name: str | None = None) -> None:
+        super().__init__(name=name or f"{spec.name}:torch", profile=None)
+        self.module = module
+        self.spec = spec
+
+    def activate_impl(self) -> None:
+        self.module.eval()
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.spec.outputs
+
+    def input_metadata_impl(self) -> dict[str, IOMeta]:
+        return {t.name: IOMeta(t.name, t.shape, np.dtype(t.dtype)) for t in self.spec.inputs}
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(*[torch.from_numpy(feed[n]) for n in self.spec.input_names])
+        values = out if isinstance(out, (tuple, list)) else (out,)
+        if len(values) != len(self.spec.outputs):
+            raise ArtifactError(
+                f"{self.spec.name}: module returned {len(values)} outputs, spec names "
+                f"{len(self.spec.outputs)} ({', '.join(self.spec.outputs)})"
+            )
+        return {n: v.detach().cpu().numpy() for n, v in zip(self.spec.outputs, values)}
+
+
+def build_module(factory: str, *, initialise: bool = True) -> torch.nn.Module:
+    """Calls a ``module:function`` factory; zoo factories skip their init when not needed."""
+    fn = resolve_factory(factory)
+    accepts = "initialise" in inspect.signature(fn).parameters
+    return fn(initialise=initialise) if accepts else fn()
+
+
+def load_reference(artifacts: ModelArtifacts, record: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Rebuilds the exported module: the recorded factory + the saved reference weights."""
+    record = record or artifacts.export_record()
+    factory = record.get("factory")
+    if not factory:
+        raise ArtifactError(f"{artifacts.export_record_path} names no factory",
+                            hint=f"re-export with `batchforge export {artifacts.model}`")
+    module = build_module(factory, initialise=False)
+    load_weights(module, artifacts.reference_weights,
+                 expected_sha256=(record.get("weights") or {}).get("sha256"))
+    return module.eval()

@@ -1,0 +1,79 @@
+"""Loading and saving weights: safetensors preferred, ``torch.load`` only with weights_only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from batchforge.runtime.artifacts import sha256_file
+
+from batchforge.errors import ArtifactError, IntegrityError, UsageError
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Reads a state dict from ``.safetensors`` or a torch file (weights_only=True).
+
+    A torch file may hold the state dict itself or nest it under ``state_dict`` or ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code: say so plainly
+        raise UsageError(
+            f"{path} could not be loaded with torch.load(weights_only=True): {exc}",
+            hint="save a plain state_dict (or convert it to .safetensors)",
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UsageError(f"{path} does not hold a state dict of tensors")
+    return dict(data)
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike[str],
+                 expected_sha256: str | None = None) -> None:
+    """Loads weights into ``module`` strictly; a recorded sha256 must match first."""
+    path = Path(path)
+    if expected_sha256 is not None:
+        if not path.is_file():
+            raise ArtifactError(f"reference weights not found: {path}")
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise IntegrityError(
+                f"{path} does not match its export record: sha256 expected "
+                f"{expected_sha256[:16]}..., got {actual[:16]}...")
+    state = read_state_dict(path)
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        def head(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise UsageError(
+            f"weights in {path} do not fit the model: missing [{head(result.missing_keys)}], "
+            f"unexpected [{head(result.unexpected_keys)}]"
+        )
+
+
+def save_weights(module: torch.nn.Module, path: str | os.PathLike[str]) -> str:
+    """Saves the module's state dict as safetensors (atomic); returns its sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    try:
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return sha256_file(path)

@@ -1,0 +1,1 @@
+"""Zoo families: each module registers its models with ``batchforge.export.registry``."""

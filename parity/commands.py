@@ -1,0 +1,59 @@
+"""Handler of ``batchforge parity``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from batchforge.errors import UsageError
+from batchforge.runtime.artifacts import Precision, write_json_atomic
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from batchforge.export.registry import ENSEMBLES, ZOO, known_names
+    from batchforge.export.exporter import library_versions
+    from batchforge.parity.gate import check_model, exit_code
+    from batchforge.parity.report import summary_lines, to_markdown
+    from batchforge.parity.session import ParitySession
+
+    precisions = Precision.parse_list(args.precision)
+    if args.all and args.models:
+        raise UsageError("give model names or --all, not both")
+    names = known_names() if args.all else list(args.models)
+    if not names:
+        raise UsageError("no model given: name one or more models, or pass --all")
+    # members before ensembles, so an ensemble reuses its members' outputs
+    names = sorted(names, key=lambda n: n in ENSEMBLES)
+    if args.eval_size is not None and args.eval_size < 1:
+        raise UsageError(f"--eval-size must be >= 1, got {args.eval_size}")
+    session = ParitySession(args.output_dir, args.backend, threads=args.threads,
+                            eval_size=args.eval_size)
+    reports = []
+    try:
+        for precision in precisions:
+            for name in names:
+                report = check_model(session, name, precision)
+                reports.append(report)
+                print(summary_lines([report])[0], flush=True)
+    finally:
+        session.close()
+    code = exit_code(reports)
+    verdict = {0: "PASSED", 1: "FAILED", 2: "COULD NOT RUN"}[code]
+    if args.report:
+        path = Path(args.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"verdict": verdict, "exit_code": code, "backend": args.backend,
+                                 "precisions": [p.value for p in precisions],
+                                 "eval_size": args.eval_size, "versions": library_versions(),
+                                 "zoo": sorted(ZOO), "reports": [r.as_dict() for r in reports]})
+        path.with_suffix(".md").write_text(to_markdown(reports), encoding="utf-8")
+        print(f"report: {path} and {path.with_suffix('.md')}")
+    failed = sum(r.status != "passed" for r in reports)
+    print(f"parity {verdict}: {len(reports) - failed}/{len(reports)} model/precision runs passed")
+    if code == 1:
+        for r in reports:
+            for c in r.checks:
+                if not c.passed:
+                    print(f"  FAIL {r.model} [{r.precision}] {c.name} = {c.value:.6g} "
+                          f"(limit {c.limit.symbol} {c.limit.value:g}) {c.detail}")
+    return code

@@ -1,0 +1,144 @@
+"""The parity gate: every check of every model/precision, collected, then one verdict.
+
+Exit status: 0 every check passed, 1 a check failed, 2 something could not run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from batchforge.errors import BatchforgeError, ConfigError
+from batchforge.parity.metrics import compare_arrays
+from batchforge.parity.report import Check, ModelReport
+from batchforge.parity.session import FamilyParity, ModelContext, ParitySession
+from batchforge.parity.tolerances import limits_for
+from batchforge.runtime.artifacts import Precision
+from batchforge.runtime.batching import stack_feeds
+from batchforge.runtime.loading import ensemble_spec
+
+FAMILIES: dict[str, FamilyParity] = {}
+
+
+def register_family(family: FamilyParity) -> FamilyParity:
+    FAMILIES[family.family] = family
+    return family
+
+
+def family_for(name: str) -> FamilyParity:
+    from batchforge.parity import families  # noqa: F401  (fills FAMILIES)
+
+    if name not in FAMILIES:
+        raise ConfigError(f"no parity checks for family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def raw_checks(ctx: ModelContext) -> list[Check]:
+    """max abs / max rel / cosine of every raw output against the reference."""
+    checks = []
+    for output in ctx.spec.outputs:
+        ref, got = ctx.reference.raw[output], ctx.engine.raw[output]
+        if ref.shape != got.shape:
+            checks.append(Check(f"raw_shape[{output}]", math.inf, ctx.limits["raw_max_rel"],
+                                f"reference {ref.shape}, engine {got.shape}"))
+            continue
+        max_abs, max_rel, cosine = compare_arrays(ref, got)
+        checks.append(Check(f"raw_cosine[{output}]", cosine, ctx.limits["raw_cosine"]))
+        checks.append(Check(f"raw_max_rel[{output}]", max_rel, ctx.limits["raw_max_rel"],
+                            f"max abs {max_abs:.3g}"))
+    return checks
+
+
+def batch_equivalence(ctx: ModelContext, family: FamilyParity) -> tuple[list[Check], list[str]]:
+    """Decoded results at batch 1, opt and max (chunked when the set is larger) must agree.
+
+    The max-batch run is the main engine run; batch 1 and opt re-run a prefix of the set.
+    Exact equality is tried first and reported in a note.
+    """
+    pipeline = ctx.engine.pipeline
+    profile = ctx.spec.profile
+    count = min(len(ctx.engine.prepared), pipeline.max_batch + 3)
+    prepared = ctx.engine.prepared[:count]
+    feed = stack_feeds([p.feed for p in prepared])
+    main = {k: v[:count] for k, v in ctx.engine.raw.items()}
+    baseline = family.batch_quantities(pipeline.postprocess(main, prepared))
+    checks: list[Check] = []
+    exact: list[str] = []
+    notes = []
+    for batch in sorted({1, profile.opt}):
+        raw = _run_at_batch(pipeline, feed, batch)
+        other = family.batch_quantities(pipeline.postprocess(raw, prepared))
+        for quantity, ref_items in baseline.items():
+            diff = _max_item_diff(ref_items, other[quantity])
+            key = f"batch_{quantity}_max_abs"
+            limit = ctx.limits.get(key) or ctx.limits["batch_max_abs"]
+            checks.append(Check(f"batch{batch}_vs_max[{quantity}]", diff, limit,
+                                f"{count} items, max batch {pipeline.max_batch}"))
+            if diff == 0.0:
+                exact.append(f"{quantity}@{batch}")
+    chunked = count > pipeline.max_batch
+    notes.append(f"batch equivalence on {count} items at batch 1, {profile.opt} and "
+                 f"{pipeline.max_batch}{' (chunked)' if chunked else ' (set too small to chunk)'}; "
+                 f"exactly equal: {', '.join(exact) if exact else 'none'}")
+    return checks, notes
+
+
+def _run_at_batch(pipeline: Any, feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    pipeline.batch_limit = batch
+    try:
+        return pipeline.infer(feed)
+    finally:
+        pipeline.batch_limit = None
+
+
+def _max_item_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return math.inf
+        if x.size:
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
+    return worst
+
+
+def check_model(session: ParitySession, name: str, precision: Precision) -> ModelReport:
+    """All checks for one model (or ensemble) at one precision."""
+    report = ModelReport(name, precision.value, session.backend)
+    start = time.perf_counter()
+    try:
+        ensemble = ensemble_spec(session.output_dir, name)
+        if ensemble is not None:
+            family = family_for(ensemble.family)
+            report.checks, report.notes = family.ensemble_checks(session, ensemble, precision)  # type: ignore[attr-defined]
+        else:
+            artifacts = session.artifacts(name)
+            spec = artifacts.spec()
+            family = family_for(spec.family)
+            ref_spec, note = session.reference_spec(name, spec)
+            if note:
+                report.notes.append(note)
+            eval_set = session.eval_set(family, ref_spec)
+            ctx = ModelContext(
+                session=session, name=name, precision=precision, spec=spec, reference_spec=ref_spec,
+                limits=limits_for(spec.family, precision), eval_set=eval_set,
+                reference=session.reference_run(name, ref_spec, family, eval_set),
+                engine=session.engine_run(name, precision, eval_set),
+            )
+            report.checks = raw_checks(ctx) + family.task_checks(ctx)
+            batch_checks, batch_notes = batch_equivalence(ctx, family)
+            report.checks += batch_checks
+            report.notes += batch_notes
+    except BatchforgeError as exc:
+        report.error = exc.one_line()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def exit_code(reports: Sequence[ModelReport]) -> int:
+    if any(r.error is not None for r in reports):
+        return 2
+    return 0 if all(r.status == "passed" for r in reports) else 1

@@ -1,0 +1,187 @@
+"""One parity run: loads references and engines once, caches their outputs on evaluation sets.
+
+Within a run the PyTorch reference of a model is computed once per evaluation set and shared by
+every precision and by ensembles that contain the model. Nothing is cached across runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from batchforge.errors import ArtifactError
+from batchforge.export.reference import TorchRunner, load_reference
+from batchforge.export.registry import ZOO, load_zoo
+from batchforge.progress import progress
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+from batchforge.runtime.batching import chunk_slices, stack_feeds
+from batchforge.runtime.loading import load_pipeline
+from batchforge.runtime.pipelines.base import Pipeline, Prepared
+from batchforge.runtime.results import Result
+from batchforge.runtime.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation input: a name and the raw item (RGB uint8 image or array)."""
+
+    source: str
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A named, deterministic evaluation set; ``extra`` holds family data (e.g. gallery split)."""
+
+    key: str
+    items: tuple[EvalItem, ...]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReferenceRun:
+    raw: dict[str, np.ndarray]
+    metas: list[Any]
+
+
+@dataclass
+class EngineRun:
+    pipeline: Pipeline
+    prepared: list[Prepared]
+    raw: dict[str, np.ndarray]
+
+
+class FamilyParity(abc.ABC):
+    """What the gate needs to know about one family.
+
+    The reference side must be independent of the runtime code under test: its inputs come
+    from torch preprocessing, and ``reference_decode`` should use torch/torchvision ops (or,
+    where no independent implementation is practical, the runtime decode with the zoo's
+    canonical options -- say so in the docstring).
+    """
+
+    family: ClassVar[str]
+
+    @abc.abstractmethod
+    def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
+        """The deterministic evaluation set (``size`` overrides the default count)."""
+
+    @abc.abstractmethod
+    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
+        """(feed without batch dim, meta) built with torch-side preprocessing."""
+
+    @abc.abstractmethod
+    def task_checks(self, ctx: ModelContext) -> list[Any]:
+        """Checks on decoded outputs (list of parity.report.Check)."""
+
+    @abc.abstractmethod
+    def batch_quantities(self, results: Sequence[Result]) -> dict[str, list[np.ndarray]]:
+        """Decoded quantities compared between batch sizes, one array per item each."""
+
+
+@dataclass
+class ModelContext:
+    """Everything a family's task checks see for one model at one precision."""
+
+    session: ParitySession
+    name: str
+    precision: Precision
+    spec: ModelSpec
+    reference_spec: ModelSpec
+    limits: Mapping[str, Any]
+    eval_set: EvalSet
+    reference: ReferenceRun
+    engine: EngineRun
+
+
+class ParitySession:
+    """Shared state of one ``batchforge parity`` invocation."""
+
+    def __init__(self, output_dir: str | os.PathLike[str], backend: str, *, threads: int = 0,
+                 eval_size: int | None = None, show_progress: bool = True) -> None:
+        self.output_dir = output_dir
+        self.backend = backend
+        self.threads = threads
+        self.eval_size = eval_size
+        self.show_progress = show_progress
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._reference_runs: dict[tuple[str, str], ReferenceRun] = {}
+        self._engine_runs: dict[tuple[str, str, str], EngineRun] = {}
+        self._eval_sets: dict[tuple[str, str], EvalSet] = {}
+
+    def artifacts(self, name: str) -> ModelArtifacts:
+        return ModelArtifacts.at(self.output_dir, name)
+
+    def reference_spec(self, name: str, recorded: ModelSpec) -> tuple[ModelSpec, str | None]:
+        """The spec the reference uses: the zoo's canonical one, else the recorded one.
+
+        Returns:
+            (spec, note) where note explains a fallback to the recorded spec.
+        """
+        load_zoo()
+        if name in ZOO:
+            return ZOO[name].spec, None
+        return recorded, ("user model: reference preprocessing taken from export.json, so a "
+                          "wrong preprocessing config there cannot be detected")
+
+    def eval_set(self, family: FamilyParity, spec: ModelSpec) -> EvalSet:
+        key = (family.family, spec.name)
+        if key not in self._eval_sets:
+            self._eval_sets[key] = family.eval_set(spec, self.eval_size)
+        return self._eval_sets[key]
+
+    def module(self, name: str) -> torch.nn.Module:
+        if name not in self._modules:
+            self._modules[name] = load_reference(self.artifacts(name))
+        return self._modules[name]
+
+    def reference_run(self, name: str, spec: ModelSpec, family: FamilyParity, eval_set: EvalSet) -> ReferenceRun:
+        """The FP32 PyTorch outputs on an evaluation set (computed once per run)."""
+        key = (name, eval_set.key)
+        if key not in self._reference_runs:
+            inputs = [family.reference_inputs(item, spec) for item in eval_set.items]
+            metas = [meta for _, meta in inputs]
+            runner = TorchRunner(self.module(name), spec)
+            with runner:
+                raw = self._batched(runner.infer, [feed for feed, _ in inputs], spec.profile.opt,
+                                    f"{name} reference")
+            self._reference_runs[key] = ReferenceRun(raw, metas)
+        return self._reference_runs[key]
+
+    def engine_run(self, name: str, precision: Precision, eval_set: EvalSet) -> EngineRun:
+        """The engine's outputs through the runtime pipeline (its preprocessing, max batch)."""
+        key = (name, precision.value, eval_set.key)
+        if key not in self._engine_runs:
+            pipeline = load_pipeline(name, output_dir=self.output_dir, precision=precision,
+                                     backend=self.backend, threads=self.threads)
+            pipeline.activate()
+            prepared = [pipeline.prepare(item.data, item.source) for item in eval_set.items]
+            raw = self._batched(pipeline.infer, [p.feed for p in prepared], pipeline.max_batch,
+                                f"{name} {precision.value}")
+            self._engine_runs[key] = EngineRun(pipeline, prepared, raw)
+        return self._engine_runs[key]
+
+    def _batched(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 feeds: Sequence[Mapping[str, np.ndarray]], batch: int, label: str) -> dict[str, np.ndarray]:
+        if not feeds:
+            raise ArtifactError(f"{label}: empty evaluation set")
+        parts: dict[str, list[np.ndarray]] = {}
+        slices = list(chunk_slices(len(feeds), batch))
+        for part in progress(slices, desc=label, enabled=self.show_progress):
+            out = infer(stack_feeds(feeds[part]))
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def close(self) -> None:
+        for run in self._engine_runs.values():
+            run.pipeline.deactivate()
+        self._engine_runs.clear()
+        self._reference_runs.clear()
+        self._modules.clear()

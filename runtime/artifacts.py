@@ -1,0 +1,230 @@
+"""The artifact folder of one model, and the integrity checks done before anything is loaded.
+
+Layout of ``<output-dir>/<MODEL>/``::
+
+    model.fp32.onnx + export.json          batchforge export
+    model.fp16.onnx + convert.fp16.json    batchforge convert --precision fp16
+    model.int8.onnx + calibration.json     batchforge calibrate
+    engine.P.plan + engine.P.json          batchforge build --backend tensorrt
+    engine.P.ort.onnx + engine.P.ort.json  batchforge build --backend onnxruntime
+    reference.safetensors                  the exact weights that were exported (parity)
+
+Every ONNX file has a sidecar JSON recording its sha256 (and the sha256 of any external data
+file, each of which must sit inside the model folder). The runtime refuses a file whose hash
+does not match, and an FP16/INT8 file derived from an FP32 export that has since changed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchforge.runtime.spec import ModelSpec
+
+from batchforge.errors import ArtifactError, ConfigError, IntegrityError
+
+DEFAULT_OUTPUT_DIR = "artifacts"
+
+
+class Precision(str, enum.Enum):
+    """The precision ladder. FP32 ONNX is the source; FP16 and INT8 are derived from it."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    @classmethod
+    def parse_list(cls, text: str) -> list[Precision]:
+        """Parses ``"fp32,fp16"``; unknown names raise ConfigError naming the known ones."""
+        out = []
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            try:
+                out.append(cls(part))
+            except ValueError:
+                known = ", ".join(p.value for p in cls)
+                raise ConfigError(f"unknown precision {part!r}; expected one of: {known}") from None
+        if not out:
+            raise ConfigError("no precision given; expected e.g. fp32 or fp32,fp16,int8")
+        return out
+
+
+SIDECAR_NAMES = {
+    Precision.FP32: "export.json",
+    Precision.FP16: "convert.fp16.json",
+    Precision.INT8: "calibration.json",
+}
+
+MAKE_COMMANDS = {
+    Precision.FP32: "batchforge export {model}",
+    Precision.FP16: "batchforge convert {model} --precision fp16",
+    Precision.INT8: "batchforge calibrate {model} --data samples/{model}",
+}
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    """Writes JSON to a temp file in the same folder and renames it: complete or absent."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike[str], *, what: str, hint: str | None = None) -> dict[str, Any]:
+    """Reads a JSON object; a missing or malformed file raises ArtifactError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} not found: expected {path}", hint=hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{what} {path} is not valid JSON: {exc}", hint=hint) from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def file_record(path: Path, model_dir: Path) -> dict[str, Any]:
+    """The sidecar entry for an ONNX file: its name, sha256 and external data files."""
+    data_files = sorted(
+        p.name for p in model_dir.glob(path.name + ".data*") if p.is_file()
+    )
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "external_data": {name: sha256_file(model_dir / name) for name in data_files},
+    }
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """Paths and checks for one model's artifact folder."""
+
+    root: Path
+    model: str
+
+    @classmethod
+    def at(cls, output_dir: str | os.PathLike[str], model: str) -> ModelArtifacts:
+        return cls(Path(output_dir), model)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.model
+
+    def onnx(self, precision: Precision) -> Path:
+        return self.dir / f"model.{Precision(precision).value}.onnx"
+
+    def sidecar(self, precision: Precision) -> Path:
+        return self.dir / SIDECAR_NAMES[Precision(precision)]
+
+    def plan(self, precision: Precision) -> Path:
+        return self.dir / f"engine.{Precision(precision).value}.plan"
+
+    def plan_manifest(self, precision: Precision) -> Path:
+        return self.dir / f"engine.{Precision(precision).value}.json"
+
+    def ort_engine(self, precision: Precision) -> Path:
+        return self.dir / f"engine.{Precision(precision).value}.ort.onnx"
+
+    def ort_manifest(self, precision: Precision) -> Path:
+        return self.dir / f"engine.{Precision(precision).value}.ort.json"
+
+    @property
+    def export_record_path(self) -> Path:
+        return self.sidecar(Precision.FP32)
+
+    @property
+    def reference_weights(self) -> Path:
+        return self.dir / "reference.safetensors"
+
+    def make_hint(self, precision: Precision) -> str:
+        return "create it with `" + MAKE_COMMANDS[Precision(precision)].format(model=self.model) + "`"
+
+    def export_record(self) -> dict[str, Any]:
+        """The parsed ``export.json`` (missing -> ArtifactError with the export command)."""
+        return read_json(
+            self.export_record_path,
+            what=f"export record for {self.model!r}",
+            hint=self.make_hint(Precision.FP32),
+        )
+
+    def spec(self) -> ModelSpec:
+        """The model spec recorded at export time."""
+        record = self.export_record()
+        if "spec" not in record:
+            raise ArtifactError(
+                f"{self.export_record_path} has no 'spec' entry",
+                hint=f"re-export with `batchforge export {self.model}`",
+            )
+        return ModelSpec.from_dict(record["spec"])
+
+    def verified_onnx(self, precision: Precision) -> Path:
+        """Returns the ONNX path for ``precision`` after its integrity checks.
+
+        Checks: the file and sidecar exist; the sha256 of the ONNX and of each external data
+        file match the sidecar; external data files sit inside the model folder; an FP16/INT8
+        model was derived from the FP32 export that is there now.
+        """
+        precision = Precision(precision)
+        path = self.onnx(precision)
+        hint = self.make_hint(precision)
+        if not path.is_file():
+            raise ArtifactError(f"{precision.value} ONNX for {self.model!r} not found: {path}", hint=hint)
+        sidecar = read_json(self.sidecar(precision), what=f"{precision.value} record", hint=hint)
+        self._check_file_record(sidecar.get("onnx"), path, hint)
+        if precision is not Precision.FP32:
+            export = self.export_record()
+            source = sidecar.get("source_sha256")
+            current = (export.get("onnx") or {}).get("sha256")
+            if source != current:
+                raise IntegrityError(
+                    f"{path.name} was made from an FP32 export (sha256 {str(source)[:12]}) that "
+                    f"is no longer the current one ({str(current)[:12]})",
+                    hint=hint,
+                )
+        return path
+
+    def _check_file_record(self, record: Any, path: Path, hint: str) -> None:
+        if not isinstance(record, Mapping) or "sha256" not in record:
+            raise ArtifactError(f"the record beside {path} has no sha256 for it", hint=hint)
+        actual = sha256_file(path)
+        if actual != record["sha256"]:
+            raise IntegrityError(
+                f"{path} does not match its record: sha256 expected {record['sha256'][:16]}..., "
+                f"got {actual[:16]}...",
+                hint=f"the file changed after it was written; {hint}",
+            )
+        for name, digest in (record.get("external_data") or {}).items():
+            data_path = (self.dir / name).resolve()
+            if data_path.parent != self.dir.resolve():
+                raise IntegrityError(
+                    f"external data {name!r} of {path.name} is outside the model folder {self.dir}"
+                )
+            if not data_path.is_file() or sha256_file(data_path) != digest:
+                raise IntegrityError(
+                    f"external data {name!r} of {path.name} is missing or does not match its "
+                    "recorded sha256",
+                    hint=hint,
+                )

@@ -1,0 +1,133 @@
+"""Handlers of ``batchforge run``, ``gallery`` and ``doctor`` (runtime only: no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from batchforge.errors import InputValidationError, UsageError
+from batchforge.progress import progress
+from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
+from batchforge.runtime.gallery import Gallery
+from batchforge.runtime.images import list_images
+from batchforge.runtime.jsonl import JsonlWriter
+from batchforge.runtime.loading import load_pipeline
+from batchforge.runtime.results import ErrorRecord
+
+
+def _announce_backend(requested: str) -> str:
+    concrete = resolve_backend(requested)
+    if requested == Backend.AUTO.value and concrete is not Backend.TENSORRT:
+        why = next(s.detail for s in probe_backends() if s.backend is Backend.TENSORRT)
+        print(f"backend auto -> {concrete.value} (tensorrt not used: {why})", file=sys.stderr)
+    return concrete.value
+
+
+def _sources(pattern: str) -> list[Path]:
+    sources = list_images(pattern)
+    if not sources:
+        raise UsageError(f"no input files found in {pattern!r} (expected images or a glob)")
+    return sources
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    backend = _announce_backend(args.backend)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    overrides = {"include_embedding": True} if args.include_embedding else None
+    pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
+                             backend=backend, threads=args.threads, gallery=args.gallery,
+                             overrides=overrides, max_pixels=args.max_pixels)
+    sources = _sources(args.input)
+    errors = 0
+    start = time.perf_counter()
+    with pipeline, JsonlWriter(args.output) as writer:
+        for result in progress(pipeline.run_sources(sources, args.batch_size), desc=args.model,
+                               total=len(sources)):
+            writer.write(result)
+            if isinstance(result, ErrorRecord):
+                errors += 1
+                print(f"  skipped {result.source}: {result.message}", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
+          f"record(s), {len(sources) / seconds:.1f} items/s on {backend} -> {args.output}")
+    return 1 if errors else 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    backend = _announce_backend(args.backend)
+    pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
+                             backend=backend, threads=args.threads)
+    if pipeline.family != "reid":
+        raise UsageError(f"galleries are for reid models; {args.model!r} is a {pipeline.family} model")
+    sources = _sources(args.input)
+    with pipeline:
+        results = list(pipeline.run_sources(sources))
+    bad = [r for r in results if isinstance(r, ErrorRecord)]
+    if bad:
+        listed = "; ".join(f"{r.source}: {r.message}" for r in bad[:5])
+        raise InputValidationError(f"{len(bad)} gallery image(s) could not be read ({listed})",
+                                   hint="fix or remove them; no gallery was written")
+    labels = [Path(r.source).parent.name if args.label_from == "parent" else Path(r.source).stem
+              for r in results]
+    embeddings = np.stack([r.embedding for r in results])  # type: ignore[attr-defined]
+    Gallery.from_embeddings(embeddings, labels, args.model).save(args.output)
+    print(f"gallery of {len(labels)} embeddings ({embeddings.shape[1]}-d) from {args.model} -> {args.output}")
+    return 0
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _gpus() -> list[str]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ["nvidia-smi present but failed"]
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {d: _version(d) for d in ("batchforge", "numpy", "opencv-python-headless",
+                                             "onnxruntime", "onnxruntime-gpu", "tensorrt",
+                                             "cuda-python", "torch", "torchvision", "onnx")},
+        "gpus": _gpus(),
+        "backends": {s.backend.value: {"available": s.available, "detail": s.detail}
+                     for s in probe_backends()},
+    }
+    try:
+        info["auto_backend"] = resolve_backend("auto").value
+    except Exception as exc:  # doctor reports, never fails on a missing backend
+        info["auto_backend"] = f"none ({exc})"
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"python {info['python']} on {info['platform']}")
+    for dist, version in info["packages"].items():
+        print(f"  {dist:24} {version}")
+    print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found (no nvidia-smi)"))
+    print("backends:")
+    for name, status in info["backends"].items():
+        print(f"  {name:18} {'yes' if status['available'] else 'no ':3}  {status['detail']}")
+    print(f"--backend auto resolves to: {info['auto_backend']}")
+    return 0

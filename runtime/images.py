@@ -1,0 +1,138 @@
+"""Image decoding with documented conversion rules, so every family sees RGB uint8 HxWx3.
+
+Rules (applied to files and to arrays passed to a pipeline):
+- grayscale (H, W) or (H, W, 1): replicated to three channels;
+- 4 channels (RGBA from arrays; BGRA from files): alpha is dropped, colour kept as stored
+  (the same as PIL's ``convert("RGB")``);
+- 16-bit (uint16): scaled to 8-bit by ``round(v / 257)`` (65535 -> 255 exactly);
+- any other dtype (float, int32, ...): refused, never cast silently;
+- zero-size, truncated or undecodable files: refused for that item only;
+- more than ``max_pixels`` pixels (default 40 megapixels): refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from batchforge.errors import InputValidationError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _check_pixels(height: int, width: int, max_pixels: int, source: str) -> None:
+    if height == 0 or width == 0:
+        raise InputValidationError(f"{source}: zero-size image ({height}x{width})")
+    if height * width > max_pixels:
+        raise InputValidationError(
+            f"{source}: image is {width}x{height} = {height * width:,} pixels, above the limit "
+            f"of {max_pixels:,}",
+            hint="downscale it first or raise the limit with --max-pixels",
+        )
+
+
+def to_rgb_uint8(image: np.ndarray, *, source: str = "image", bgr: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Applies the module's conversion rules to an array.
+
+    Args:
+        image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 or uint16.
+        source: a name for error messages.
+        bgr: True when colour channels are in OpenCV's BGR(A) order.
+        max_pixels: refuse larger images.
+    Returns:
+        A C-contiguous RGB uint8 array of shape (H, W, 3).
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputValidationError(f"{source}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise InputValidationError(
+            f"{source}: expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+            f"got {image.shape}"
+        )
+    _check_pixels(image.shape[0], image.shape[1], max_pixels, source)
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputValidationError(
+            f"{source}: expected uint8 or uint16 pixels, got {image.dtype}",
+            hint="convert explicitly, e.g. (array * 255).round().astype(np.uint8)",
+        )
+    channels = image.shape[2]
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    if bgr:
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def _looks_truncated(data: bytes) -> str | None:
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        return "JPEG data ends without its end-of-image marker"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
+        return "PNG data ends without its IEND chunk"
+    return None
+
+
+def decode_image(data: bytes, *, source: str = "image",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes encoded image bytes to RGB uint8 (H, W, 3) with the module's rules."""
+    if not data:
+        raise InputValidationError(f"{source}: empty file (0 bytes)")
+    reason = _looks_truncated(data)
+    if reason:
+        raise InputValidationError(f"{source}: truncated image: {reason}")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.size == 0:
+        raise InputValidationError(
+            f"{source}: not a decodable image (expected one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return to_rgb_uint8(decoded, source=source, bgr=decoded.ndim == 3 and decoded.shape[2] >= 3,
+                        max_pixels=max_pixels)
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads and decodes an image file (see the module docstring for the rules)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputValidationError(f"{path}: cannot read file: {exc.strerror}") from None
+    return decode_image(data, source=str(path), max_pixels=max_pixels)
+
+
+def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
+    """Writes an RGB uint8 image (the format follows the suffix)."""
+    ok = cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise InputValidationError(f"{path}: OpenCV could not write an image with this suffix")
+
+
+def list_images(pattern: str | os.PathLike[str]) -> list[Path]:
+    """Files of a folder (sorted, image suffixes only) or of a glob pattern (sorted, all files).
+
+    A glob names files explicitly, so non-image files it matches are kept and get an error
+    record instead of being skipped silently.
+    """
+    text = str(pattern)
+    path = Path(text)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if any(ch in text for ch in "*?["):
+        root = Path(text.split("*")[0].split("?")[0].split("[")[0] or ".")
+        base = root if root.is_dir() else root.parent
+        relative = os.path.relpath(text, base)
+        return sorted(p for p in base.glob(relative) if p.is_file())
+    if path.is_file():
+        return [path]
+    raise InputValidationError(
+        f"input {text!r} is neither a folder, a file nor a glob pattern that matches files"
+    )

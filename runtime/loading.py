@@ -1,0 +1,142 @@
+"""From an artifact folder to an active-ready Runner or Pipeline (integrity checked first)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from batchforge.runtime.artifacts import DEFAULT_OUTPUT_DIR, ModelArtifacts, Precision, read_json
+from batchforge.runtime.backends import Backend, resolve_backend
+from batchforge.runtime.gallery import Gallery
+from batchforge.runtime.pipelines import ENSEMBLE_PIPELINES, PIPELINES, Pipeline
+from batchforge.runtime.runners.base import Runner
+from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtOptions, provider_chain
+from batchforge.runtime.images import DEFAULT_MAX_PIXELS
+from batchforge.runtime.spec import EnsembleSpec, ModelSpec, parse_options
+
+from batchforge.errors import ArtifactError, ConfigError
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def ensemble_spec(output_dir: str | os.PathLike[str], name: str) -> EnsembleSpec | None:
+    """The ensemble recorded under ``<output_dir>/<name>/ensemble.json``, or None."""
+    path = Path(output_dir) / name / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    return EnsembleSpec.from_dict(read_json(path, what=f"ensemble record for {name!r}"))
+
+
+def open_runner(
+    artifacts: ModelArtifacts,
+    *,
+    precision: Precision | str = Precision.FP32,
+    backend: Backend | str = Backend.AUTO,
+    threads: int = 0,
+    spec: ModelSpec | None = None,
+) -> Runner:
+    """A (not yet active) runner for one model's artifact after its integrity checks.
+
+    Args:
+        artifacts: the model's artifact folder.
+        precision: fp32, fp16 or int8.
+        backend: auto, tensorrt, onnxruntime, onnxruntime-cpu/-cuda/-trt.
+        threads: intra-op threads for ONNX Runtime (0 = its default).
+        spec: the model spec (read from export.json when omitted).
+    """
+    precision = Precision(precision)
+    concrete = resolve_backend(backend)
+    spec = spec or artifacts.spec()
+    if concrete is Backend.TENSORRT:
+        from batchforge.runtime.runners.tensorrt import TensorRTRunner
+
+        return TensorRTRunner.from_artifacts(artifacts, precision, spec=spec)
+    path = artifacts.verified_onnx(precision)
+    profile_shapes = [
+        (t.name, (spec.profile.min, *t.item_shape), (spec.profile.opt, *t.item_shape),
+         (spec.profile.max, *t.item_shape))
+        for t in spec.inputs
+    ]
+    providers, provider_options = provider_chain(
+        concrete.ort_device,
+        trt_cache_dir=str(artifacts.dir / "ort_trt_cache"),
+        trt_fp16=precision is Precision.FP16,
+        trt_profile=profile_shapes,
+    )
+    options = OrtOptions(providers=providers, provider_options=provider_options,
+                         intra_op_threads=threads)
+    return OnnxRuntimeRunner(path, profile=spec.profile, options=options,
+                             name=f"{spec.name}:{precision.value}:{concrete.value}")
+
+
+def load_pipeline(
+    model: str,
+    *,
+    output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT_DIR,
+    precision: Precision | str = Precision.FP32,
+    backend: Backend | str = Backend.AUTO,
+    threads: int = 0,
+    gallery: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Pipeline:
+    """Builds the family pipeline for an exported model or ensemble.
+
+    Args:
+        model: a model (or ensemble) name with artifacts under ``output_dir``.
+        precision, backend, threads: see ``open_runner``.
+        gallery: a reid gallery ``.npz`` (reid family only).
+        overrides: post-processing options replacing the spec's (validated by the family).
+        max_pixels: refuse larger input images.
+    Returns:
+        A Pipeline; use it as a context manager (``with load_pipeline(...) as p:``).
+    """
+    ensemble = ensemble_spec(output_dir, model)
+    if ensemble is not None:
+        members = []
+        for name in ensemble.member_names:
+            artifacts = ModelArtifacts.at(output_dir, name)
+            spec = artifacts.spec()
+            members.append((spec, open_runner(artifacts, precision=precision, backend=backend,
+                                              threads=threads, spec=spec)))
+        cls = _family_class(ENSEMBLE_PIPELINES, ensemble.family, model)
+        options = _options(cls, ensemble.postprocess, overrides, ensemble.family)
+        return cls(ensemble, members, options, max_pixels=max_pixels,
+                   **_family_kwargs(ensemble.family, model, gallery))
+    artifacts = ModelArtifacts.at(output_dir, model)
+    if not artifacts.dir.is_dir():
+        raise ArtifactError(
+            f"no artifacts for model {model!r} under {Path(output_dir).resolve()}",
+            hint=f"create them with `batchforge export {model}` (see `batchforge models`)",
+        )
+    spec = artifacts.spec()
+    runner = open_runner(artifacts, precision=precision, backend=backend, threads=threads, spec=spec)
+    cls = _family_class(PIPELINES, spec.family, model)
+    options = _options(cls, spec.postprocess, overrides, spec.family)
+    return cls(spec, runner, options, max_pixels=max_pixels,
+               **_family_kwargs(spec.family, model, gallery))
+
+
+def _options(cls: type[Pipeline], recorded: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+             family: str) -> Any:
+    return parse_options(cls.options_type, {**recorded, **(overrides or {})},
+                         f"{family} postprocess options")
+
+
+def _family_class(registry: dict[str, type[Pipeline]], family: str, model: str) -> type[Pipeline]:
+    if family not in registry:
+        raise ConfigError(
+            f"model {model!r} has family {family!r}, which has no pipeline; known: "
+            + ", ".join(sorted(registry))
+        )
+    return registry[family]
+
+
+def _family_kwargs(family: str, model: str, gallery: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if gallery is None:
+        return {}
+    if family != "reid":
+        raise ConfigError(f"--gallery applies to reid models only; {model!r} is a {family} model")
+    return {"gallery": Gallery.load(gallery, model=model)}

@@ -1,0 +1,1 @@
+"""NumPy post-processing: one module per family, plus the steps they share (common)."""

@@ -1,0 +1,93 @@
+"""The Runner contract shared by every backend (and by the PyTorch reference runner)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+import numpy as np
+from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.validation import IOMeta, validate_feed
+
+from batchforge.errors import BatchforgeError
+
+
+class Runner(abc.ABC):
+    """activate() -> infer(feed) -> deactivate(); also a context manager.
+
+    Subclasses implement ``activate_impl``, ``infer_impl``, ``deactivate_impl`` and
+    ``input_metadata_impl``; validation happens here, once, for every backend.
+    """
+
+    backend = "abstract"
+
+    def __init__(self, *, name: str, profile: ProfileRange | None = None) -> None:
+        self.name = name
+        self.profile = profile
+        self.is_active = False
+        self._input_meta: dict[str, IOMeta] | None = None
+
+    def activate(self) -> Runner:
+        """Loads the model (idempotent). Returns self."""
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        """Releases the model (idempotent)."""
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+            self._input_meta = None
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def input_metadata(self) -> dict[str, IOMeta]:
+        """Input name -> IOMeta (shape with symbolic dims, numpy dtype)."""
+        self._require_active("input_metadata")
+        if self._input_meta is None:
+            self._input_meta = self.input_metadata_impl()
+        return self._input_meta
+
+    @property
+    @abc.abstractmethod
+    def output_names(self) -> tuple[str, ...]:
+        """Output names in model order (valid once active)."""
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validates the feed and runs one batch.
+
+        Args:
+            feed: input name -> array whose leading dim is the batch (within the profile).
+        Returns:
+            Output name -> array.
+        Raises:
+            InputValidationError for a feed that does not match the model.
+        """
+        self._require_active("infer")
+        validate_feed(feed, self.input_metadata(), self.profile)
+        return self.infer_impl(dict(feed))
+
+    def _require_active(self, what: str) -> None:
+        if not self.is_active:
+            raise BatchforgeError(
+                f"runner {self.name!r} is not active: call activate() (or use `with runner:`) "
+                f"before {what}()"
+            )
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def deactivate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def input_metadata_impl(self) -> dict[str, IOMeta]: ...

@@ -1,0 +1,195 @@
+"""ONNX Runtime runner: CPU here; CUDA and TensorRT execution providers on GPU boxes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from batchforge.runtime.runners.base import Runner
+from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.validation import IOMeta
+
+from batchforge.errors import BackendUnavailableError, BatchforgeError
+
+ORT_TYPES = {
+    "tensor(float)": np.dtype("float32"),
+    "tensor(float16)": np.dtype("float16"),
+    "tensor(double)": np.dtype("float64"),
+    "tensor(uint8)": np.dtype("uint8"),
+    "tensor(int8)": np.dtype("int8"),
+    "tensor(int32)": np.dtype("int32"),
+    "tensor(int64)": np.dtype("int64"),
+    "tensor(bool)": np.dtype("bool"),
+}
+
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session options. ``providers`` are tried in order; each may carry an options dict.
+
+    ``intra_op_threads=0`` lets ONNX Runtime choose (all cores).
+    """
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    provider_options: tuple[Mapping[str, Any], ...] = ()
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    optimized_model_path: str | None = None
+    extra_outputs: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_LEVELS:
+            raise BatchforgeError(
+                f"graph_optimization must be one of {GRAPH_LEVELS}, got {self.graph_optimization!r}"
+            )
+        if self.provider_options and len(self.provider_options) != len(self.providers):
+            raise BatchforgeError(
+                f"provider_options needs one dict per provider ({len(self.providers)}), "
+                f"got {len(self.provider_options)}"
+            )
+
+
+def import_onnxruntime() -> Any:
+    """Imports onnxruntime or raises BackendUnavailableError with the install command."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "backend 'onnxruntime' is not available: the onnxruntime package is not installed",
+            hint="install it with `pip install 'batchforge[cpu]'` (or `[gpu]` for CUDA)",
+        ) from None
+    return onnxruntime
+
+
+def session_options(ort: Any, options: OrtOptions) -> Any:
+    """Builds ``onnxruntime.SessionOptions`` from OrtOptions."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[options.graph_optimization]
+    if options.intra_op_threads:
+        so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.log_severity_level = 3  # errors only: warnings would leak onto users' stderr
+    if options.optimized_model_path:
+        so.optimized_model_filepath = str(options.optimized_model_path)
+    return so
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX model (path or bytes) with an ``onnxruntime.InferenceSession``."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        profile: ProfileRange | None = None,
+        options: OrtOptions | None = None,
+        name: str | None = None,
+    ) -> None:
+        label = name or (Path(model).name if not isinstance(model, bytes) else "onnx-bytes")
+        super().__init__(name=label, profile=profile)
+        self.model = model if isinstance(model, bytes) else str(model)
+        self.options = options or OrtOptions()
+        self.session: Any = None
+        self._outputs: tuple[str, ...] = ()
+
+    def activate_impl(self) -> None:
+        ort = import_onnxruntime()
+        available = ort.get_available_providers()
+        missing = [p for p in self.options.providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider(s) {missing} not available; this onnxruntime "
+                f"{ort.__version__} has {available}",
+                hint="install onnxruntime-gpu (`pip install 'batchforge[gpu]'`) on a CUDA machine",
+            )
+        provider_options = [dict(p) for p in self.options.provider_options] or None
+        self.session = ort.InferenceSession(
+            self.model,
+            sess_options=session_options(ort, self.options),
+            providers=list(self.options.providers),
+            provider_options=provider_options,
+        )
+        self._outputs = tuple(o.name for o in self.session.get_outputs())
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        self._require_active("output_names")
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session really uses (active runners only)."""
+        self._require_active("providers")
+        return list(self.session.get_providers())
+
+    def input_metadata_impl(self) -> dict[str, IOMeta]:
+        metas = {}
+        for i in self.session.get_inputs():
+            if i.type not in ORT_TYPES:
+                raise BatchforgeError(f"input {i.name!r} has unsupported type {i.type}")
+            metas[i.name] = IOMeta(i.name, tuple(i.shape), ORT_TYPES[i.type])
+        return metas
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        values = self.session.run(list(self._outputs), feed)
+        return dict(zip(self._outputs, values))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+
+def provider_chain(
+    kind: str,
+    *,
+    device_id: int = 0,
+    trt_cache_dir: str | None = None,
+    trt_fp16: bool = False,
+    trt_profile: Sequence[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = (),
+) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    """Providers and their options for ``kind`` in {"cpu", "cuda", "tensorrt"}.
+
+    The TensorRT EP gets an engine/timing cache folder and explicit profile shapes
+    (``name, min, opt, max`` per input), falling back to CUDA then CPU for unsupported nodes.
+    """
+    cpu: tuple[str, dict[str, Any]] = ("CPUExecutionProvider", {})
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"})
+    chain: list[tuple[str, dict[str, Any]]]
+    if kind == "cpu":
+        chain = [cpu]
+    elif kind == "cuda":
+        chain = [cuda, cpu]
+    elif kind == "tensorrt":
+        trt: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": trt_fp16}
+        if trt_cache_dir:
+            trt.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=trt_cache_dir,
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=trt_cache_dir,
+            )
+        if trt_profile:
+            def fmt(index: int) -> str:
+                return ",".join(f"{n}:{'x'.join(map(str, p[index]))}" for n, *p in trt_profile)
+            trt.update(
+                trt_profile_min_shapes=fmt(0), trt_profile_opt_shapes=fmt(1),
+                trt_profile_max_shapes=fmt(2),
+            )
+        chain = [("TensorrtExecutionProvider", trt), cuda, cpu]
+    else:
+        raise BatchforgeError(f"unknown ONNX Runtime device {kind!r}; expected cpu, cuda or tensorrt")
+    return tuple(p for p, _ in chain), tuple(o for _, o in chain)
