@@ -32,8 +32,8 @@ def _announce_backend(requested: str) -> str:
     return concrete.value
 
 
-def _sources(pattern: str) -> list[Path]:
-    sources = list_images(pattern)
+def _sources(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
+    sources = list_images(pattern, suffixes)
     if not sources:
         raise UsageError(f"no input files found in {pattern!r} (expected images or a glob)")
     return sources
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
                              backend=backend, threads=args.threads, gallery=args.gallery,
                              overrides=overrides, max_pixels=args.max_pixels)
-    sources = _sources(args.input)
+    sources = _sources(args.input, pipeline.input_suffixes)
     errors = 0
     start = time.perf_counter()
     with pipeline, JsonlWriter(args.output) as writer:
@@ -69,7 +69,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                              backend=backend, threads=args.threads)
     if pipeline.family != "reid":
         raise UsageError(f"galleries are for reid models; {args.model!r} is a {pipeline.family} model")
-    sources = _sources(args.input)
+    sources = _sources(args.input, pipeline.input_suffixes)
     with pipeline:
         results = list(pipeline.run_sources(sources))
     bad = [r for r in results if isinstance(r, ErrorRecord)]

@@ -116,8 +116,8 @@ def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
         raise InputValidationError(f"{path}: OpenCV could not write an image with this suffix")
 
 
-def list_images(pattern: str | os.PathLike[str]) -> list[Path]:
-    """Files of a folder (sorted, image suffixes only) or of a glob pattern (sorted, all files).
+def list_images(pattern: str | os.PathLike[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files of a folder (sorted, ``suffixes`` only) or of a glob pattern (sorted, all files).
 
     A glob names files explicitly, so non-image files it matches are kept and get an error
     record instead of being skipped silently.
@@ -125,7 +125,7 @@ def list_images(pattern: str | os.PathLike[str]) -> list[Path]:
     text = str(pattern)
     path = Path(text)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if any(ch in text for ch in "*?["):
         root = Path(text.split("*")[0].split("?")[0].split("[")[0] or ".")
         base = root if root.is_dir() else root.parent

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from batchforge.runtime.batching import infer_in_chunks, stack_feeds
-from batchforge.runtime.images import DEFAULT_MAX_PIXELS, read_image, to_rgb_uint8
+from batchforge.runtime.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from batchforge.runtime.preprocess import preprocess_image
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
@@ -45,6 +45,7 @@ class Pipeline(abc.ABC):
 
     family: ClassVar[str]
     options_type: ClassVar[type]
+    input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES  # what `run --input DIR` picks up
 
     def __init__(self, spec: ModelSpec, runner: Runner, options: Any = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

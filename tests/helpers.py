@@ -1,0 +1,63 @@
+"""Test helpers: tiny ONNX graphs built with onnx.helper and artifact folders around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
+from batchforge.runtime.spec import ModelSpec, Preprocess, ProfileRange, TensorSpec
+
+
+def tiny_embedder_onnx(channels: int = 3, size: int = 8, dim: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """images (batch, C, H, W) -> embedding (batch, dim): spatial mean, then a linear map."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(channels, dim)).astype(np.float32)
+    bias = rng.normal(size=(dim,)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["images", "axes"], ["pooled"], keepdims=0, name="pool"),
+        helper.make_node("MatMul", ["pooled", "W"], ["mm"], name="proj"),
+        helper.make_node("Add", ["mm", "B"], ["embedding"], name="bias"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B"),
+                     numpy_helper.from_array(np.array([2, 3], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_spec(name: str = "tiny", size: int = 8, profile: ProfileRange = ProfileRange(1, 4, 8),
+              family: str = "reid") -> ModelSpec:
+    return ModelSpec(
+        name=name, family=family,
+        inputs=(TensorSpec("images", ("batch", 3, size, size)),),
+        outputs=("embedding",), profile=profile,
+        preprocess=Preprocess(height=size, width=size), postprocess={"top_k": 3},
+    )
+
+
+def write_artifact(root: Path, model: onnx.ModelProto, spec: ModelSpec) -> ModelArtifacts:
+    """An artifact folder with model.fp32.onnx and a minimal, valid export.json."""
+    artifacts = ModelArtifacts.at(root, spec.name)
+    artifacts.dir.mkdir(parents=True, exist_ok=True)
+    path = artifacts.onnx(Precision.FP32)
+    onnx.save(model, str(path))
+    write_json_atomic(artifacts.export_record_path, {
+        "schema_version": 1, "model": spec.name, "spec": spec.to_dict(),
+        "onnx": file_record(path, artifacts.dir), "factory": "tests:none",
+    })
+    return artifacts
+
+
+def random_images(count: int, seed: int = 0, shape: tuple[int, int] = (20, 30)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(count)]
