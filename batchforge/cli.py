@@ -38,6 +38,18 @@ def _add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
                    help="ONNX Runtime intra-op threads (default: 0 = all cores)")
 
 
+def _add_calibration_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="PATH",
+                   help="calibration inputs: a folder of the model's input files, .npy or .npz; with "
+                        "several models PATH/<model> or PATH/<family> is used when it exists")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="without --data, calibrate on the family's synthetic sample generator "
+                        "(recorded and reported as synthetic)")
+    p.add_argument("--allow-random-data", action="store_true",
+                   help="accept inputs that look like white noise (only to test what that does)")
+    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchforge",
@@ -73,15 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="FP32 ONNX -> model.fp16.onnx (overflow-prone nodes kept FP32)",
                        description="ONNX-level FP16 conversion keeping I/O types; nodes whose calibrated "
                                    "activations could overflow (or that you block) stay in FP32.")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="models or ensembles (members are converted)")
+    p.add_argument("--all", action="store_true", help="every exported zoo model")
     p.add_argument("--precision", default="fp16", choices=("fp16",))
-    p.add_argument("--data", metavar="PATH", help="calibration inputs: image folder, .npy/.npz "
-                                                 "(default: refuse unless --allow-synthetic)")
-    p.add_argument("--allow-synthetic", action="store_true",
-                   help="calibrate on the family's synthetic sample generator (reported loudly)")
+    _add_calibration_data(p)
     p.add_argument("--block", action="append", default=[], metavar="NODE|OP",
                    help="keep this node name or op type in FP32 (repeatable)")
-    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
     _add_common(p)
     p.set_defaults(handler="batchforge.calibration.commands:cmd_convert")
 
@@ -89,12 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Static INT8 quantization (onnxruntime.quantization, per-channel "
                                    "weights) with a measured per-node sensitivity pass that keeps the "
                                    "most harmful nodes in FP32.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--data", metavar="PATH", help="calibration inputs: image folder, .npy/.npz")
-    p.add_argument("--allow-synthetic", action="store_true",
-                   help="calibrate on the family's synthetic sample generator (reported loudly)")
-    p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
-    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="models or ensembles (members are calibrated)")
+    p.add_argument("--all", action="store_true", help="every exported zoo model")
+    _add_calibration_data(p)
+    p.add_argument("--method", default="percentile", choices=("minmax", "entropy", "percentile"),
+                   help="activation range method (default: percentile, measured best on the zoo)")
+    p.add_argument("--target-cosine", type=float, default=0.995,
+                   help="the sensitivity pass stops excluding nodes once the min output cosine against "
+                        "FP32 reaches this (default: 0.995)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE",
                    help="keep this node in FP32 in addition to the measured ones (repeatable)")
     p.add_argument("--max-excluded", type=int, default=None, metavar="N",

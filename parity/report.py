@@ -39,6 +39,7 @@ class ModelReport:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    localisation: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -49,12 +50,15 @@ class ModelReport:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "precision": self.precision, "backend": self.backend,
                 "status": self.status, "error": self.error, "seconds": round(self.seconds, 2),
-                "notes": self.notes, "checks": [c.as_dict() for c in self.checks]}
+                "notes": self.notes, "checks": [c.as_dict() for c in self.checks],
+                "localisation": self.localisation}
 
 
 def _fmt(value: float) -> str:
     if math.isnan(value):
         return "nan"
+    if 0.999 <= value < 1:
+        return f"{value:.8f}".rstrip("0")
     if value == 0 or 1e-3 <= abs(value) < 1e4:
         return f"{value:.6g}"
     return f"{value:.3e}"

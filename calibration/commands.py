@@ -1,0 +1,108 @@
+"""Handlers of ``batchforge convert`` (FP16) and ``batchforge calibrate`` (INT8)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchforge.errors import UsageError
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
+from batchforge.runtime.loading import ensemble_spec, load_pipeline
+
+SCHEMA_VERSION = 1
+SYNTHETIC_WARNING = ("CALIBRATED ON SYNTHETIC DATA (--allow-synthetic): ranges reflect the generator, "
+                     "not your deployment inputs; recalibrate with --data before shipping")
+
+
+def _model_names(args: argparse.Namespace) -> list[str]:
+    if args.all:
+        if args.models:
+            raise UsageError("give model names or --all, not both")
+        root = Path(args.output_dir)
+        names = sorted(p.parent.name for p in root.glob("*/export.json"))
+        if not names:
+            raise UsageError(f"no exported models under {root}", hint="run `batchforge export --all` first")
+        return names
+    if not args.models:
+        raise UsageError("no model given: name one or more models, or pass --all")
+    names: list[str] = []
+    for name in args.models:
+        ensemble = ensemble_spec(args.output_dir, name)
+        names += list(ensemble.member_names) if ensemble else [name]
+    return list(dict.fromkeys(names))
+
+
+def _data_path(args: argparse.Namespace, model: str, family: str) -> str | None:
+    if args.data is None:
+        return None
+    root = Path(args.data)
+    for sub in (root / model, root / family):
+        if sub.is_dir():
+            return str(sub)
+    return args.data
+
+
+def _run(args: argparse.Namespace, precision: Precision,
+         work: Callable[[Path, Path, Any], dict[str, Any]]) -> int:
+    from batchforge.calibration.data import load_calibration_data
+    from batchforge.export.exporter import library_versions
+
+    for name in _model_names(args):
+        start = time.perf_counter()
+        artifacts = ModelArtifacts.at(args.output_dir, name)
+        fp32 = artifacts.verified_onnx(Precision.FP32)
+        pipeline = load_pipeline(name, output_dir=args.output_dir, backend="onnxruntime-cpu")
+        data = load_calibration_data(pipeline, _data_path(args, name, pipeline.spec.family),
+                                     samples=args.samples, allow_synthetic=args.allow_synthetic,
+                                     allow_random=args.allow_random_data)
+        out = artifacts.onnx(precision)
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            details = work(fp32, tmp, data)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        record = {
+            "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
+            "onnx": file_record(out, artifacts.dir),
+            "source_sha256": artifacts.export_record()["onnx"]["sha256"],
+            "data": data.record(),
+            **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
+            **details,
+            "versions": library_versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(artifacts.sidecar(precision), record)
+        if data.synthetic:
+            print(f"WARNING {name}: {SYNTHETIC_WARNING}", file=sys.stderr)
+        print(f"{precision.value} {name:24} {time.perf_counter() - start:6.1f}s  {_summary(details)} "
+              f"-> {out}", flush=True)
+    return 0
+
+
+def _summary(details: dict[str, Any]) -> str:
+    if "kept_fp32" in details:
+        return f"{len(details['kept_fp32'])} of {details['nodes']} nodes kept FP32"
+    effect = details["effect"]
+    return (f"{len(details['excluded_by_sensitivity'])} node(s) kept FP32 by sensitivity; output cosine "
+            f"vs FP32 min {effect['final_min_cosine']:.4f} (all-int8 {effect['full_int8_min_cosine']:.4f})")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from batchforge.calibration.fp16 import convert_to_fp16
+
+    return _run(args, Precision.FP16, lambda src, dst, data: convert_to_fp16(src, dst, data, args.block))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from batchforge.calibration.int8 import Int8Options, calibrate_int8
+
+    kwargs = {} if args.max_excluded is None else {"max_excluded": args.max_excluded}
+    options = Int8Options(method=args.method, target_cosine=args.target_cosine,
+                          user_excluded=tuple(args.exclude), **kwargs)
+    return _run(args, Precision.INT8, lambda src, dst, data: calibrate_int8(src, dst, data, options))

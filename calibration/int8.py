@@ -1,0 +1,186 @@
+"""INT8: static Q/DQ quantization (onnxruntime.quantization) with a measured sensitivity pass.
+
+The model is calibrated once (ranges cached for the run), fully quantized, and every quantized
+node's *added* error is measured: the relative error of its output against the FP32 graph minus
+that of its activation input. Nodes are then excluded greedily in that order, re-quantizing with
+the cached ranges and measuring the output agreement after each step; the smallest exclusion that
+reaches the target (or the best one measured) is kept, and every step is recorded.
+
+Q/DQ settings target TensorRT's explicit quantization: symmetric int8 activations and weights
+(zero point 0), per-channel weights, Conv/MatMul(const B)/Gemm inputs quantized, biases left FP32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from batchforge.calibration.activations import compare_graphs, load_model, session
+from batchforge.calibration.data import CalibrationData, FeedReader
+from batchforge.errors import CalibrationError
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+METHODS = ("minmax", "entropy", "percentile")
+SENSITIVITY_ITEMS = 8  # items used for the per-tensor error pass (memory: all tensors are kept)
+EVAL_ITEMS = 16  # items used to measure output agreement after each exclusion step
+MIN_GAIN = 5e-4  # a step that raises the min cosine by less than this ends the search
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """method: minmax/entropy/percentile; target_cosine: stop excluding once the min output
+    cosine against FP32 reaches it; max_excluded: most nodes the pass may keep in FP32."""
+
+    method: str = "percentile"
+    target_cosine: float = 0.995
+    max_excluded: int = 8
+    user_excluded: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CalibrationError(f"unknown calibration method {self.method!r}; expected one of {METHODS}")
+        if self.max_excluded < 0:
+            raise CalibrationError(f"max_excluded must be >= 0, got {self.max_excluded}")
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    node: str
+    op_type: str
+    added_error: float
+    output_error: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"node": self.node, "op_type": self.op_type, "added_error": round(self.added_error, 6),
+                "output_error": round(self.output_error, 6)}
+
+
+def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: Sequence[str],
+              method: str, cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with _quiet_quantizer():
+        quantize_static(
+            str(fp32_path), str(out_path), FeedReader(data), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(excluded) or None,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                           "QuantizeBias": False},
+            calibration_cache_path=str(cache),
+        )
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime.quantization prints histogram notes to stdout and pre-processing advice to
+    the root logger on every call; neither is actionable for batchforge users."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def output_agreement(reference: onnx.ModelProto, candidate_path: Path, data: CalibrationData) -> tuple[float, float]:
+    """(min, mean) cosine between FP32 and candidate outputs per item, over all outputs."""
+    ref_sess = session(reference)
+    cand_sess = session(load_model(candidate_path))
+    cosines = []
+    for feed in data.batches(8, limit=EVAL_ITEMS):
+        for a, b in zip(ref_sess.run(None, feed), cand_sess.run(None, feed)):
+            a2 = a.reshape(a.shape[0], -1).astype(np.float64)
+            b2 = b.reshape(b.shape[0], -1).astype(np.float64)
+            denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+            cosines.extend(np.where(denom > 0, np.sum(a2 * b2, axis=1) / np.where(denom > 0, denom, 1), 1.0))
+    return float(np.min(cosines)), float(np.mean(cosines))
+
+
+def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: CalibrationData) -> list[NodeSensitivity]:
+    """Added error of every quantizable node, largest first (measured, not guessed)."""
+    quantized = load_model(quantized_path)
+    batches = list(data.batches(2, limit=SENSITIVITY_ITEMS))
+    errors = {e.name: e.relative_error for e in compare_graphs(reference, quantized, batches)}
+    initializers = {t.name for t in reference.graph.initializer}
+    out = []
+    for node in reference.graph.node:
+        if node.op_type not in QUANTIZED_OPS or not node.output or node.output[0] not in errors:
+            continue
+        inputs = [errors.get(i, 0.0) for i in node.input if i and i not in initializers]
+        added = errors[node.output[0]] - (max(inputs) if inputs else 0.0)
+        out.append(NodeSensitivity(node.name, node.op_type, added, errors[node.output[0]]))
+    return sorted(out, key=lambda s: -s.added_error)
+
+
+def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                   data: CalibrationData, options: Int8Options = Int8Options()) -> dict[str, object]:
+    """Writes the Q/DQ model and returns the calibration report fields."""
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    reference = load_model(fp32_path)
+    names = {n.name for n in reference.graph.node}
+    unknown = [n for n in options.user_excluded if n not in names]
+    if unknown:
+        raise CalibrationError(f"--exclude {', '.join(unknown)}: no node of that name in {fp32_path.name}")
+    with tempfile.TemporaryDirectory(prefix="batchforge-int8-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        steps: list[dict[str, float]] = []
+        candidates: list[NodeSensitivity] = []
+
+        def attempt(k: int) -> None:
+            path = Path(tmp) / f"excluded{k}.onnx"
+            excluded = [*options.user_excluded, *(s.node for s in candidates[:k])]
+            _quantize(fp32_path, path, data, excluded, options.method, cache)
+            steps.append({"excluded": k, **_agreement_dict(output_agreement(reference, path, data))})
+
+        attempt(0)
+        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", data) if options.max_excluded else []
+        candidates = [s for s in ranking if s.added_error > 0][: options.max_excluded]
+        k = 1
+        while steps[-1]["min_cosine"] < options.target_cosine and k <= len(candidates):
+            attempt(k)
+            if steps[-1]["min_cosine"] - steps[-2]["min_cosine"] < MIN_GAIN:
+                break  # more exclusions stopped paying off (measured)
+            k = min(2 * k, len(candidates)) if k < len(candidates) else k + 1
+        best = _choose(steps, options.target_cosine)
+        chosen = int(best["excluded"])
+        shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
+    return {
+        "method": options.method,
+        "quantized_op_types": list(QUANTIZED_OPS),
+        "scheme": "QDQ, symmetric int8 activations and per-channel weights, MatMul with constant B only, "
+                  "bias kept FP32",
+        "target_cosine": options.target_cosine,
+        "user_excluded": list(options.user_excluded),
+        "excluded_by_sensitivity": [s.as_dict() for s in candidates[:chosen]],
+        "sensitivity_top": [s.as_dict() for s in ranking[:10]],
+        "steps": steps,
+        "effect": {"full_int8_min_cosine": steps[0]["min_cosine"], "final_min_cosine": best["min_cosine"],
+                   "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},
+    }
+
+
+def _choose(steps: list[dict[str, float]], target: float) -> dict[str, float]:
+    """The fewest exclusions that reach the target; else the best agreement measured."""
+    reaching = [s for s in steps if s["min_cosine"] >= target]
+    if reaching:
+        return min(reaching, key=lambda s: s["excluded"])
+    return max(steps, key=lambda s: (s["min_cosine"], -s["excluded"]))
+
+
+def _agreement_dict(values: tuple[float, float]) -> dict[str, float]:
+    return {"min_cosine": round(values[0], 6), "mean_cosine": round(values[1], 6)}
