@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import platform
 import shutil
@@ -104,13 +105,56 @@ def _gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def _cuda_report() -> dict[str, object]:
+    """CUDA devices and versions as cuda-python sees them."""
+    from batchforge.runtime.runners import cuda_util
+
+    if cuda_util.load_cudart() is None:
+        return {"cuda_python": "not installed", "devices": []}
+    count, why = cuda_util.probe_devices()
+    report: dict[str, object] = {"cuda_python": "installed", "devices": [], "device_count": count}
+    if why:
+        report["error"] = why
+    try:
+        report.update({f"cuda_{k}": v for k, v in cuda_util.cuda_versions().items()})
+        report["devices"] = [
+            {"index": d.index, "name": d.name, "compute_capability": d.compute_capability,
+             "sm": d.sm, "memory_mib": d.total_memory_mib}
+            for d in (cuda_util.device_info(i) for i in range(count))]
+    except Exception as exc:  # doctor reports, never fails: a broken driver is a finding
+        report["error"] = str(exc)
+    return report
+
+
+def _tensorrt_version() -> str:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "not installed"
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception as exc:  # an installed but broken TensorRT is a finding, not a crash
+        return f"installed but failed to import: {exc}"
+
+
+def _ort_providers() -> list[str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {d: _version(d) for d in ("batchforge", "numpy", "opencv-python-headless",
                                              "onnxruntime", "onnxruntime-gpu", "tensorrt",
-                                             "cuda-python", "torch", "torchvision", "onnx")},
+                                             "cuda-python", "cuda-bindings", "torch", "torchvision", "onnx")},
+        "tensorrt": _tensorrt_version(),
+        "onnxruntime_providers": _ort_providers(),
+        "cuda": _cuda_report(),
         "gpus": _gpus(),
         "backends": {s.backend.value: {"available": s.available, "detail": s.detail}
                      for s in probe_backends()},
@@ -125,7 +169,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"python {info['python']} on {info['platform']}")
     for dist, version in info["packages"].items():
         print(f"  {dist:24} {version}")
-    print("GPUs: " + ("; ".join(info["gpus"]) if info["gpus"] else "none found (no nvidia-smi)"))
+    print(f"TensorRT: {info['tensorrt']}")
+    print("ONNX Runtime providers: " + (", ".join(info["onnxruntime_providers"]) or "none"))
+    cuda = info["cuda"]
+    line = f"CUDA: cuda-python {cuda['cuda_python']}"
+    if cuda.get("cuda_runtime"):
+        driver = cuda["cuda_driver"]
+        line += f", runtime {cuda['cuda_runtime']}, driver " + (
+            "not found" if driver == "0.0" else f"supports CUDA {driver}")
+    print(line + (f"; {cuda['error']}" if cuda.get("error") else ""))
+    for device in cuda["devices"]:
+        print(f"  GPU {device['index']}: {device['name']} ({device['sm']}, {device['memory_mib']} MiB)")
+    smi = "; ".join(info["gpus"]) if info["gpus"] else "none found (no nvidia-smi)"
+    print(f"driver (nvidia-smi): {smi}")
     print("backends:")
     for name, status in info["backends"].items():
         print(f"  {name:18} {'yes' if status['available'] else 'no ':3}  {status['detail']}")

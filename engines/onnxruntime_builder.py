@@ -1,0 +1,87 @@
+"""``batchforge build --backend onnxruntime``: the ONNX Runtime equivalent of an engine build.
+
+ONNX Runtime's "engine" is its graph-optimised model, saved offline with
+``SessionOptions.optimized_model_filepath`` as ``engine.P.ort.onnx``, plus the provider chain
+and options it was optimised for and a manifest ``engine.P.ort.json`` (sha256 of the source ONNX
+and of the optimised file, onnxruntime version, providers). ``open_runner`` prefers it when it
+fits the runner's onnxruntime version and providers (runtime/manifest.py ``select_ort_engine``).
+
+The offline level is the runner's online level capped at "extended" (``offline_level``): ONNX
+Runtime documents that the layout optimisations of level "all" make a saved model specific to
+the hardware it was saved on, so the runner applies them online at load time, where they are
+cheap; INT8 on CPUs without VNNI stays at "basic" (``cpu_graph_optimization``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from batchforge.engines.records import calibration_sha256
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
+from batchforge.runtime.backends import Backend
+from batchforge.runtime.loading import cpu_graph_optimization, ort_provider_setup
+from batchforge.runtime.manifest import OrtEngineManifest, offline_level, write_manifest
+from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, session_options
+
+from batchforge.errors import BuildError
+
+
+def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
+                     backend: Backend = Backend.ONNXRUNTIME_CPU, threads: int = 0) -> OrtEngineManifest:
+    """Writes ``engine.P.ort.onnx`` and its manifest for one model folder.
+
+    Args:
+        artifacts: the model folder (the precision's ONNX is verified first).
+        precision: fp32, fp16 or int8.
+        backend: the concrete ONNX Runtime backend (cpu or cuda) the artifact is optimised for.
+        threads: intra-op threads for the optimising session (0 = ONNX Runtime's default).
+    Returns:
+        The manifest written beside the optimised model.
+    """
+    precision = Precision(precision)
+    if backend not in (Backend.ONNXRUNTIME_CPU, Backend.ONNXRUNTIME_CUDA):
+        # TensorRT EP compiles subgraphs, and compiled nodes cannot be saved as ONNX
+        raise BuildError(f"an ONNX Runtime artifact can be optimised for onnxruntime-cpu or -cuda, "
+                         f"not {backend.value}")
+    ort = import_onnxruntime()
+    source = artifacts.verified_onnx(precision)
+    spec = artifacts.spec()
+    providers, provider_options = ort_provider_setup(artifacts, spec, precision, backend)
+    level = offline_level(cpu_graph_optimization(precision, backend))
+    target = artifacts.ort_engine(precision)
+    scratch = target.with_name(f".{target.name}.partial")
+    scratch.unlink(missing_ok=True)
+    options = OrtOptions(providers=providers, provider_options=provider_options, intra_op_threads=threads,
+                         graph_optimization=level, optimized_model_path=str(scratch))
+    start = time.perf_counter()
+    try:
+        ort.InferenceSession(str(source), sess_options=session_options(ort, options),
+                             providers=list(providers), provider_options=[dict(o) for o in provider_options])
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        scratch.unlink(missing_ok=True)
+        raise BuildError(f"ONNX Runtime could not optimise {source.name}: {exc}") from None
+    if not scratch.is_file():
+        raise BuildError(f"ONNX Runtime {ort.__version__} did not write the optimised model {scratch}")
+    os.replace(scratch, target)
+    manifest = OrtEngineManifest(
+        model=artifacts.model, precision=precision.value, onnxruntime_version=ort.__version__,
+        providers=tuple(providers), provider_options=tuple(dict(o) for o in provider_options),
+        graph_optimization=level, source_file=source.name, source_sha256=sha256_file(source),
+        engine_file=target.name, engine_sha256=sha256_file(target),
+        calibration_sha256=calibration_sha256(artifacts, precision), spec=spec.to_dict(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_manifest(artifacts.ort_manifest(precision), manifest)
+    print(f"{artifacts.model} [{precision.value}]: ONNX Runtime {ort.__version__} optimised "
+          f"({level}, {', '.join(providers)}) -> {_rel(target)} in "
+          f"{time.perf_counter() - start:.1f} s")
+    return manifest
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,48 @@
+"""Small records shared by the engine builders: atomic plan writes, calibration hash, tolerances."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json
+
+from batchforge.errors import BuildError
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Writes to a temp file in the same folder and renames it: complete or absent."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def calibration_sha256(artifacts: ModelArtifacts, precision: Precision) -> str | None:
+    """The calibration set's sha256 for an INT8 build (``calibration.json["data"]["sha256"]``)."""
+    if precision is not Precision.INT8:
+        return None
+    record = read_json(artifacts.sidecar(Precision.INT8), what="calibration record",
+                       hint=artifacts.make_hint(Precision.INT8))
+    digest = (record.get("data") or {}).get("sha256")
+    if not isinstance(digest, str):
+        raise BuildError(f"{artifacts.sidecar(Precision.INT8)} records no calibration data sha256",
+                         hint=artifacts.make_hint(Precision.INT8))
+    return digest
+
+
+def tolerances_for(family: str, precision: Precision) -> dict[str, Any] | None:
+    """The parity limits the engine is held to, when the parity table is importable."""
+    try:
+        from batchforge.parity.tolerances import limits_for
+
+        return {k: {"value": v.value, "kind": v.kind} for k, v in limits_for(family, precision).items()}
+    except Exception:  # informative only: a manifest without tolerances is still valid
+        return None

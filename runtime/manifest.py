@@ -1,0 +1,360 @@
+"""Engine manifests: what an engine was built from and for, checked before it is loaded.
+
+A TensorRT plan is only valid for the GPU compute capability and TensorRT version it was
+built with (unless built hardware/version compatible), and a plan file that was truncated or
+altered must never reach ``deserialize_cuda_engine``. ``engine.P.json`` records everything
+needed to refuse such a plan with an actionable message; ``check_before_load`` does the
+refusing, each mismatch with its own error. ``engine.P.ort.json`` does the same job for the
+ONNX Runtime build artifact (an offline-optimised model), see ``select_ort_engine``.
+
+Plain Python only (no numpy, no tensorrt): the checks run before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json, sha256_file, write_json_atomic
+from batchforge.runtime.spec import ProfileRange
+
+from batchforge.errors import ArtifactError, ConfigError, EngineCompatibilityError, IntegrityError
+
+MANIFEST_SCHEMA = 1
+HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
+AMPERE_MAJOR = 8  # ampere_plus engines run on compute capability 8.0 and newer
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """The min/opt/max shape of one engine input (TensorRT optimisation profile)."""
+
+    name: str
+    dtype: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """The sidecar ``engine.P.json`` of a TensorRT plan (SPEC §4 fields)."""
+
+    model: str
+    precision: str
+    tensorrt_version: str
+    cuda_runtime_version: str
+    cuda_driver_version: str
+    gpu_name: str
+    compute_capability: str  # "major.minor", e.g. "9.0"
+    hardware_compatibility: str  # one of HARDWARE_LEVELS
+    version_compatible: bool
+    profile: ProfileRange
+    inputs: tuple[InputProfile, ...]
+    onnx_file: str
+    onnx_sha256: str
+    plan_file: str
+    plan_sha256: str
+    plan_bytes: int
+    calibration_sha256: str | None
+    spec: Mapping[str, Any]  # the model spec: pre/post-processing parameters
+    builder: Mapping[str, Any]  # builder options as given (workspace, level, timing cache)
+    created: str  # ISO 8601 UTC
+    tolerances: Mapping[str, Any] | None = None
+    backend: str = "tensorrt"
+    schema_version: int = MANIFEST_SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.hardware_compatibility not in HARDWARE_LEVELS:
+            raise ConfigError(f"engine manifest for {self.model!r}: hardware_compatibility must be one "
+                              f"of {HARDWARE_LEVELS}, got {self.hardware_compatibility!r}")
+        if self.precision not in {p.value for p in Precision}:
+            raise ConfigError(f"engine manifest for {self.model!r}: unknown precision {self.precision!r}")
+
+    @property
+    def sm(self) -> str:
+        return "sm_" + self.compute_capability.replace(".", "")
+
+    def rebuild_hint(self) -> str:
+        return (f"rebuild with `batchforge build {self.model} --precision {self.precision} "
+                "--backend tensorrt` on this machine")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["profile"] = dataclasses.asdict(self.profile)
+        data["inputs"] = [{**dataclasses.asdict(i), "min": list(i.min), "opt": list(i.opt),
+                           "max": list(i.max)} for i in self.inputs]
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "engine manifest") -> EngineManifest:
+        """Parses a dict written by ``to_dict``; unknown or missing keys raise ConfigError."""
+        _check_keys(where, data, cls)
+        if data.get("schema_version", MANIFEST_SCHEMA) != MANIFEST_SCHEMA:
+            raise ConfigError(f"{where}: schema_version {data['schema_version']!r} is not supported "
+                              f"(expected {MANIFEST_SCHEMA})")
+        try:
+            inputs = []
+            for item in data["inputs"]:
+                _check_keys(f"{where} input", item, InputProfile)
+                inputs.append(InputProfile(item["name"], item["dtype"], tuple(item["min"]),
+                                           tuple(item["opt"]), tuple(item["max"])))
+            _check_keys(f"{where} profile", data["profile"], ProfileRange)
+            return cls(**{**data, "profile": ProfileRange(**data["profile"]), "inputs": tuple(inputs)})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid {where}", problems=[str(exc)]) from None
+
+
+@dataclass(frozen=True)
+class OrtEngineManifest:
+    """The sidecar ``engine.P.ort.json`` of an offline-optimised ONNX Runtime model."""
+
+    model: str
+    precision: str
+    onnxruntime_version: str
+    providers: tuple[str, ...]
+    provider_options: tuple[Mapping[str, Any], ...]
+    graph_optimization: str
+    source_file: str
+    source_sha256: str
+    engine_file: str
+    engine_sha256: str
+    calibration_sha256: str | None
+    spec: Mapping[str, Any]
+    created: str
+    backend: str = "onnxruntime"
+    schema_version: int = MANIFEST_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["providers"] = list(self.providers)
+        data["provider_options"] = [dict(o) for o in self.provider_options]
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "ORT engine manifest") -> OrtEngineManifest:
+        _check_keys(where, data, cls)
+        try:
+            return cls(**{**data, "providers": tuple(data["providers"]),
+                          "provider_options": tuple(dict(o) for o in data["provider_options"])})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid {where}", problems=[str(exc)]) from None
+
+
+@dataclass(frozen=True)
+class EngineEnvironment:
+    """What the loading machine offers: TensorRT version and the GPU's compute capability."""
+
+    tensorrt_version: str
+    compute_capability: str
+    gpu_name: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sm(self) -> str:
+        return "sm_" + self.compute_capability.replace(".", "")
+
+
+def _check_keys(what: str, data: Any, cls: type) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = {n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    problems = [f"unknown key {k!r}" for k in sorted(set(data) - set(fields))]
+    problems += [f"missing key {k!r}" for k in sorted(required - set(data))]
+    if problems:
+        raise ConfigError(f"invalid {what}", problems=problems,
+                          hint="the manifest was not written by this batchforge; rebuild the engine")
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: EngineManifest | OrtEngineManifest) -> None:
+    """Writes a manifest atomically (complete or absent)."""
+    write_json_atomic(path, manifest.to_dict())
+
+
+def read_manifest(path: str | os.PathLike[str], *, hint: str | None = None) -> EngineManifest:
+    """Reads ``engine.P.json``; missing -> ArtifactError, malformed or unknown keys -> ConfigError."""
+    data = read_json(path, what="engine manifest", hint=hint)
+    return EngineManifest.from_dict(data, where=f"engine manifest {path}")
+
+
+def read_ort_manifest(path: str | os.PathLike[str]) -> OrtEngineManifest:
+    data = read_json(path, what="ONNX Runtime engine manifest")
+    return OrtEngineManifest.from_dict(data, where=f"ONNX Runtime engine manifest {path}")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` -> ``(10, 13, 0, 35)``; the first non-numeric part ends the tuple."""
+    parts = []
+    for part in str(version).split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def check_before_load(
+    manifest: EngineManifest,
+    plan_path: str | os.PathLike[str],
+    environment: EngineEnvironment,
+    *,
+    onnx_path: str | os.PathLike[str] | None = None,
+) -> bytes:
+    """Every check that must pass before a plan is deserialised; returns the verified bytes.
+
+    Checks, each with its own error: plan size and sha256 (a truncated or altered plan never
+    reaches TensorRT), the source ONNX's sha256 (when ``onnx_path`` is given: a deployment may
+    ship the plan alone), the compatibility level, the TensorRT version and the GPU's compute
+    capability.
+
+    Args:
+        manifest: the plan's manifest.
+        plan_path: the plan file.
+        environment: TensorRT version and compute capability of this machine.
+        onnx_path: the ONNX file the plan was built from, if present.
+    Returns:
+        The plan's bytes: deserialise exactly these (no second read between check and load).
+    Raises:
+        IntegrityError for hash/size mismatches, EngineCompatibilityError for version, GPU or
+        compatibility-level mismatches (both exit 2).
+    """
+    plan_path = Path(plan_path)
+    hint = manifest.rebuild_hint()
+    if not plan_path.is_file():
+        raise ArtifactError(f"TensorRT plan not found: {plan_path}", hint=hint)
+    plan = plan_path.read_bytes()
+    _check_plan_bytes(manifest, plan_path, plan, hint)
+    if onnx_path is not None and Path(onnx_path).is_file():
+        actual = sha256_file(onnx_path)
+        if actual != manifest.onnx_sha256:
+            raise IntegrityError(
+                f"{plan_path.name} was built from a {manifest.onnx_file} with sha256 "
+                f"{manifest.onnx_sha256[:12]}, but {Path(onnx_path).name} is now {actual[:12]}: the "
+                "plan is stale", hint=hint)
+    check_compatibility(manifest, environment)
+    return plan
+
+
+def _check_plan_bytes(manifest: EngineManifest, plan_path: Path, plan: bytes, hint: str) -> None:
+    if len(plan) != manifest.plan_bytes:
+        raise IntegrityError(
+            f"{plan_path} is {len(plan)} bytes, its manifest records {manifest.plan_bytes}: the plan "
+            "is truncated or was replaced; refusing to deserialise it", hint=hint)
+    actual = hashlib.sha256(plan).hexdigest()
+    if actual != manifest.plan_sha256:
+        raise IntegrityError(
+            f"{plan_path} does not match its manifest: sha256 expected {manifest.plan_sha256[:16]}..., "
+            f"got {actual[:16]}... (corrupted or modified); refusing to deserialise it", hint=hint)
+
+
+def check_compatibility(manifest: EngineManifest, env: EngineEnvironment) -> None:
+    """The compatibility level, TensorRT version and compute capability checks (no file I/O).
+
+    Another GPU model with the same compute capability is accepted: TensorRT loads such plans
+    (tactics were timed on the build GPU, so speed may differ; correctness does not).
+    """
+    hint = manifest.rebuild_hint()
+    built_v, here_v = _versions(manifest.tensorrt_version, env.tensorrt_version)
+    context = (f"built for {manifest.sm} with TensorRT {built_v}, this is {env.sm} with "
+               f"{here_v}")
+    built, here = version_tuple(manifest.tensorrt_version), version_tuple(env.tensorrt_version)
+    if manifest.version_compatible:
+        # A version-compatible plan runs on the same or a later TensorRT, never an earlier one.
+        if here[:2] < built[:2]:
+            raise EngineCompatibilityError(
+                f"version-compatible engine {manifest.plan_file} needs TensorRT >= {built_v}: "
+                f"{context}", hint=hint + " (or upgrade TensorRT)")
+    elif here != built:
+        raise EngineCompatibilityError(
+            f"TensorRT version mismatch for {manifest.plan_file}: {context}; plans only load on the "
+            "exact TensorRT they were built with unless built with --version-compatible", hint=hint)
+    level = manifest.hardware_compatibility
+    major = version_tuple(env.compute_capability)[:1] or (0,)
+    if level == "ampere_plus":
+        if major[0] < AMPERE_MAJOR:
+            raise EngineCompatibilityError(
+                f"compatibility level ampere_plus of {manifest.plan_file} needs an Ampere or newer "
+                f"GPU (sm_80+): {context}", hint=hint)
+    elif env.compute_capability != manifest.compute_capability:
+        raise EngineCompatibilityError(
+            f"GPU compute capability mismatch for {manifest.plan_file} (compatibility level {level}): "
+            f"{context}", hint=hint + " (or build with --hardware-compat ampere_plus to share plans "
+            "across Ampere+ GPUs)")
+
+
+def _versions(built: str, here: str) -> tuple[str, str]:
+    """Short versions for messages: major.minor unless only the patch/build differs."""
+    b, h = version_tuple(built), version_tuple(here)
+    if b[:2] != h[:2]:
+        return ".".join(map(str, b[:2])), ".".join(map(str, h[:2]))
+    return built, here
+
+
+def offline_level(online: str) -> str:
+    """The graph optimisation level an ORT artifact is saved at for a given online level.
+
+    ONNX Runtime documents that the layout optimisations of level "all" make a saved model
+    specific to the hardware it was saved on; they are left to the online session instead.
+    """
+    return "extended" if online == "all" else online
+
+
+def select_ort_engine(
+    artifacts: ModelArtifacts,
+    precision: Precision | str,
+    *,
+    source_path: Path,
+    providers: tuple[str, ...],
+    onnxruntime_version: str,
+    graph_optimization: str,
+) -> Path | None:
+    """The built ONNX Runtime engine for this precision, or None to use the plain ONNX.
+
+    A built artifact is used only when it was made by this onnxruntime version for the same
+    provider chain and graph optimisation level (an offline-optimised model can hold provider-
+    or level-specific fused nodes); other artifacts are skipped. One that fits but whose hashes
+    do not match is refused.
+
+    Args:
+        artifacts: the model folder.
+        precision: the precision being loaded.
+        source_path: the verified plain ONNX (the artifact must have been built from it).
+        providers: the provider chain the runner will use.
+        onnxruntime_version: ``onnxruntime.__version__`` here.
+        graph_optimization: the offline level that fits the runner (``offline_level``).
+    Returns:
+        The verified ``engine.P.ort.onnx`` path, or None.
+    Raises:
+        IntegrityError when the artifact or its source changed after the build.
+    """
+    precision = Precision(precision)
+    manifest_path = artifacts.ort_manifest(precision)
+    engine_path = artifacts.ort_engine(precision)
+    if not manifest_path.is_file():
+        return None
+    manifest = read_ort_manifest(manifest_path)
+    fits = (manifest.onnxruntime_version, tuple(manifest.providers), manifest.graph_optimization,
+            manifest.precision)
+    if fits != (onnxruntime_version, tuple(providers), graph_optimization, precision.value):
+        return None
+    hint = (f"rebuild with `batchforge build {artifacts.model} --precision {precision.value} "
+            "--backend onnxruntime` (or delete " + manifest_path.name + ")")
+    if not engine_path.is_file():
+        raise ArtifactError(f"{manifest_path} names {engine_path.name}, which is missing", hint=hint)
+    source = sha256_file(source_path)
+    if source != manifest.source_sha256:
+        raise IntegrityError(
+            f"{engine_path.name} was built from a {source_path.name} with sha256 "
+            f"{manifest.source_sha256[:12]}, which is now {source[:12]}: the artifact is stale", hint=hint)
+    actual = sha256_file(engine_path)
+    if actual != manifest.engine_sha256:
+        raise IntegrityError(
+            f"{engine_path} does not match its manifest: sha256 expected {manifest.engine_sha256[:16]}..., "
+            f"got {actual[:16]}...", hint=hint)
+    return engine_path
