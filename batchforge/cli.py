@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -212,18 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS = {"torch": "export", "torchvision": "export", "onnx": "export", "onnxscript": "export",
+          "safetensors": "export", "onnxruntime": "cpu", "tensorrt": "tensorrt", "cuda": "gpu",
+          "matplotlib": "dev"}
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> BatchforgeError:
+    missing = (exc.name or "a dependency").split(".")[0]
+    extra = EXTRAS.get(missing, "export")
+    return BatchforgeError(f"this command needs {missing!r}, which is not installed",
+                           hint=f"install it with `pip install 'batchforge[{extra}]'`")
+
+
 def _load_handler(target: str):
     module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or "a dependency"
-        extra = "export" if missing.split(".")[0] in {"torch", "torchvision", "onnx", "onnxscript",
-                                                     "safetensors"} else "cpu"
-        raise BatchforgeError(
-            f"this command needs {missing!r}, which is not installed",
-            hint=f"install it with `pip install 'batchforge[{extra}]'`") from None
-    return getattr(module, attr)
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,13 +238,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_COULD_NOT_RUN
     try:
-        return int(_load_handler(args.handler)(args) or 0)
+        try:
+            return int(_load_handler(args.handler)(args) or 0)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in EXTRAS:
+                raise
+            raise _missing_dependency(exc) from None
     except BatchforgeError as exc:
         print(f"batchforge {args.command}: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"batchforge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `batchforge inspect ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,7 +52,11 @@ def load_weights(module: torch.nn.Module, path: str | os.PathLike[str],
                 f"{path} does not match its export record: sha256 expected "
                 f"{expected_sha256[:16]}..., got {actual[:16]}...")
     state = read_state_dict(path)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise UsageError(f"weights in {path} do not fit the model: {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")

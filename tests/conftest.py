@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -28,3 +29,27 @@ def _gpu_ready() -> tuple[bool, str]:
 
     status = {s.backend: s for s in probe_backends()}[Backend.TENSORRT]
     return status.available, f"needs TensorRT and a CUDA GPU: {status.detail}"
+
+
+@pytest.fixture(scope="session")
+def user_tiny_artifacts(tmp_path_factory):
+    """The tiny user model (tests/user_models.py) exported once: (output_dir, name)."""
+    from batchforge.cli import main
+    from user_models import spec_dict
+
+    root = tmp_path_factory.mktemp("user_tiny")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(spec_dict()))
+    assert main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec),
+                 "--output-dir", str(root / "artifacts")]) == 0
+    return root / "artifacts", "user_tiny"
+
+
+@pytest.fixture(scope="session")
+def resnet_artifacts(tmp_path_factory):
+    """reid_resnet50 from the zoo, exported once for the slow parity tests."""
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp("zoo") / "artifacts"
+    assert main(["export", "reid_resnet50", "--output-dir", str(root)]) == 0
+    return root

@@ -61,3 +61,27 @@ def write_artifact(root: Path, model: onnx.ModelProto, spec: ModelSpec) -> Model
 def random_images(count: int, seed: int = 0, shape: tuple[int, int] = (20, 30)) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def replant_onnx(artifacts: ModelArtifacts, precision: Precision, mutate) -> None:
+    """Applies ``mutate(model)`` to an artifact's ONNX and re-records its hash, as a faulty
+    export or calibration would (so only parity, not the integrity check, can catch it)."""
+    import json
+
+    path = artifacts.onnx(precision)
+    model = onnx.load(str(path))
+    mutate(model)
+    onnx.save(model, str(path))
+    sidecar = artifacts.sidecar(precision)
+    record = json.loads(sidecar.read_text())
+    record["onnx"] = file_record(path, artifacts.dir)
+    write_json_atomic(sidecar, record)
+
+
+def edit_export_spec(artifacts: ModelArtifacts, edit) -> None:
+    """Applies ``edit(spec_dict)`` to the spec recorded in export.json (a deployment config)."""
+    import json
+
+    record = json.loads(artifacts.export_record_path.read_text())
+    edit(record["spec"])
+    write_json_atomic(artifacts.export_record_path, record)

@@ -1,0 +1,173 @@
+"""``batchforge bench``: images/s of raw ``InferenceSession.run``, the batchforge runner and
+PyTorch eager, measured interleaved in one run on the same inputs and thread count.
+
+Ratios are what to compare (runner/raw time, ORT speed-up over eager); absolute numbers depend
+on the machine. PyTorch is optional: without it (a runtime-only install) its column is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchforge.errors import UsageError
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, write_json_atomic
+from batchforge.runtime.backends import resolve_backend
+from batchforge.runtime.loading import open_runner
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes a comma list of integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes needs integers >= 1, got {text!r}")
+    return sizes
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, repeats: int,
+          precision: Precision, backend: str, with_torch: bool) -> list[dict[str, Any]]:
+    """Measures each batch size; returns one row per size (seconds are medians)."""
+    concrete = resolve_backend(backend)
+    if not concrete.is_onnxruntime:
+        raise UsageError(f"bench compares against raw ONNX Runtime; --backend {concrete.value} is not "
+                         "an ONNX Runtime backend")
+    artifacts = ModelArtifacts.at(output_dir, model)
+    spec = artifacts.spec()
+    runner = open_runner(artifacts, precision=precision, backend=concrete, threads=threads, spec=spec)
+    runner.activate()
+    raw = _raw_session(runner)
+    torch_module = _torch_module(artifacts, threads) if with_torch else None
+    rows = []
+    rng = np.random.default_rng(0)
+    try:
+        for batch in batch_sizes:
+            if batch > spec.profile.max:
+                raise UsageError(f"batch {batch} is above {model}'s profile max {spec.profile.max}")
+            feed = {t.name: rng.normal(size=(batch, *[int(d) for d in t.item_shape])).astype(t.dtype)
+                    for t in spec.inputs}
+            runs: dict[str, Callable[[], Any]] = {
+                "raw": lambda f=feed: raw.run(None, f),
+                "runner": lambda f=feed: runner.infer(f),
+            }
+            if torch_module is not None:
+                runs["torch"] = _torch_call(torch_module, feed, spec.input_names)
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(repeats):  # interleaved so drift hits every column alike
+                for key, fn in runs.items():
+                    times[key] += _median_seconds(fn, 1)
+            row = {"batch": batch, **{f"{k}_s": statistics.median(v) for k, v in times.items()}}
+            row.update({f"{k}_ips": batch / row[f"{k}_s"] for k in runs})
+            row["runner_over_raw"] = row["runner_s"] / row["raw_s"]
+            if "torch_s" in row:
+                row["ort_speedup_over_torch"] = row["torch_s"] / row["raw_s"]
+            rows.append(row)
+    finally:
+        runner.deactivate()
+    return rows
+
+
+def _raw_session(runner: Any) -> Any:
+    import onnxruntime as ort
+
+    from batchforge.runtime.runners.onnxruntime import session_options
+
+    opts = runner.options
+    return ort.InferenceSession(runner.model, sess_options=session_options(ort, opts),
+                                providers=list(opts.providers),
+                                provider_options=[dict(p) for p in opts.provider_options] or None)
+
+
+def _torch_module(artifacts: ModelArtifacts, threads: int) -> Any:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    from batchforge.export.reference import load_reference
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_reference(artifacts)
+
+
+def _torch_call(module: Any, feed: dict[str, np.ndarray], names: tuple[str, ...]) -> Callable[[], Any]:
+    import torch
+
+    tensors = [torch.from_numpy(feed[n]) for n in names]
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return module(*tensors)
+
+    return call
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    rows = bench(args.model, output_dir=args.output_dir, batch_sizes=_batch_sizes(args.batch_sizes),
+                 threads=args.threads, repeats=args.repeats, precision=Precision(args.precision),
+                 backend=args.backend, with_torch=not args.no_torch)
+    has_torch = "torch_s" in rows[0]
+    print(f"{args.model} [{args.precision}] on {resolve_backend(args.backend).value}, "
+          f"threads={args.threads or 'default'}, median of {args.repeats}")
+    header = f"{'batch':>5} {'raw img/s':>10} {'runner img/s':>13}"
+    header += f" {'torch img/s':>12}" if has_torch else ""
+    header += f" {'runner/raw':>11}" + (f" {'ORT/torch':>10}" if has_torch else "")
+    print(header)
+    for r in rows:
+        line = f"{r['batch']:>5} {r['raw_ips']:>10.2f} {r['runner_ips']:>13.2f}"
+        line += f" {r['torch_ips']:>12.2f}" if has_torch else ""
+        line += f" {r['runner_over_raw']:>11.3f}" + (f" {r['ort_speedup_over_torch']:>9.2f}x" if has_torch else "")
+        print(line)
+    if args.json:
+        write_json_atomic(args.json, {"model": args.model, "precision": args.precision,
+                                      "backend": resolve_backend(args.backend).value,
+                                      "threads": args.threads, "repeats": args.repeats, "rows": rows})
+        print(f"wrote {args.json}")
+    if args.plot:
+        _plot(rows, args.plot, args.model)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(rows: list[dict[str, Any]], path: str, model: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib", hint="pip install 'batchforge[dev]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    batches = [r["batch"] for r in rows]
+    for key, label in (("raw_ips", "raw session.run"), ("runner_ips", "batchforge runner"),
+                       ("torch_ips", "PyTorch eager")):
+        if key in rows[0]:
+            ax.plot(batches, [r[key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{model} throughput")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

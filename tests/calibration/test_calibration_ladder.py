@@ -1,0 +1,131 @@
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from batchforge.calibration.data import CalibrationData, load_calibration_data, neighbour_correlation
+from batchforge.calibration.fp16 import SAFE_MAGNITUDE, convert_to_fp16, nodes_to_keep
+from batchforge.cli import main
+from batchforge.errors import CalibrationError
+from batchforge.export.samples import write_samples
+from batchforge.runtime import load_pipeline
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+
+
+def overflow_graph() -> onnx.ModelProto:
+    """x -> Mul(3e4) (|.| ~ 1e5, past FP16) -> Mul(1e-4) -> y: a graph FP16 must not touch whole."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "big"], ["h"], name="scale_up"),
+         helper.make_node("Mul", ["h", "small"], ["y"], name="scale_down"),
+         helper.make_node("Relu", ["y"], ["z"], name="relu")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.array(3e4, np.float32), "big"),
+                     numpy_helper.from_array(np.array(1e-4, np.float32), "small")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def data_of(arrays) -> CalibrationData:
+    feeds = tuple({"x": a} for a in arrays)
+    return CalibrationData(feeds, "test", "0" * 64, synthetic=False)
+
+
+def test_fp16_keeps_overflow_prone_nodes_in_fp32(tmp_path):
+    import onnxruntime as ort
+
+    src = tmp_path / "m.onnx"
+    onnx.save(overflow_graph(), src)
+    data = data_of(np.random.default_rng(0).normal(0, 2, (8, 4)).astype(np.float32))
+    report = convert_to_fp16(src, tmp_path / "h.onnx", data)
+    kept = {k["node"]: k["reason"] for k in report["kept_fp32"]}
+    assert set(kept) == {"scale_up", "scale_down"}, kept  # producer and consumer of the big tensor
+    assert f"> {SAFE_MAGNITUDE:.0f}" in kept["scale_up"]
+    converted = onnx.load(str(tmp_path / "h.onnx"))
+    assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O kept
+    x = data.feeds[0]["x"][None]
+    got = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, np.maximum(x * 3e4 * 1e-4, 0), rtol=2e-3, atol=1e-3)
+
+
+def test_fp16_block_list_and_unknown_names():
+    model = overflow_graph()
+    kept = nodes_to_keep(model, {}, ["Relu"])
+    assert [(k.node, k.reason) for k in kept] == [("relu", "user block list")]
+    with pytest.raises(CalibrationError, match="no node or op type"):
+        nodes_to_keep(model, {}, ["Softmax"])
+
+
+def test_calibration_refuses_missing_noise_and_cast_data(user_tiny_artifacts, tmp_path):
+    root, name = user_tiny_artifacts
+    pipe = load_pipeline(name, output_dir=root, backend="onnxruntime-cpu")
+    with pytest.raises(CalibrationError, match="no calibration data given") as info:
+        load_calibration_data(pipe, None, samples=8)
+    assert "--allow-synthetic" in info.value.one_line()
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    from batchforge.runtime.images import write_image
+
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        write_image(noise / f"{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    with pytest.raises(CalibrationError, match="look like random noise"):
+        load_calibration_data(pipe, noise, samples=8)
+    assert load_calibration_data(pipe, noise, samples=8, allow_random=True).count == 8
+    np.save(tmp_path / "x.npy", np.zeros((8, 3, 32, 32)))  # float64
+    with pytest.raises(CalibrationError, match="float64, the model input is float32"):
+        load_calibration_data(pipe, tmp_path / "x.npy", samples=8)
+    np.save(tmp_path / "y.npy", np.zeros((8, 3, 16, 16), np.float32))
+    with pytest.raises(CalibrationError, match="expected"):
+        load_calibration_data(pipe, tmp_path / "y.npy", samples=8)
+    (noise / "3.png").write_bytes(b"broken")
+    with pytest.raises(CalibrationError, match="could not be read"):
+        load_calibration_data(pipe, noise, samples=8, allow_random=True)
+    with pytest.raises(CalibrationError, match="at least 8"):
+        load_calibration_data(pipe, None, samples=4, allow_synthetic=True)
+
+
+def test_neighbour_correlation_separates_images_from_noise():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(size=(3, 32, 32)), axis=2).astype(np.float32)
+    assert neighbour_correlation([{"x": smooth}], "x") > 0.8
+    assert abs(neighbour_correlation([{"x": rng.normal(size=(3, 32, 32))}], "x")) < 0.1
+
+
+def test_ladder_on_a_user_model_convert_calibrate_parity(user_tiny_artifacts, tmp_path, capsys):
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    write_samples("reid", tmp_path / "calib" / "reid", 32, seed=4000)
+    out = ["--output-dir", str(root)]
+    assert main(["convert", name, "--allow-synthetic", "--samples", "16", *out]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().err
+    assert main(["calibrate", name, "--data", str(tmp_path / "calib"), "--samples", "32", *out]) == 0
+    artifacts = ModelArtifacts.at(root, name)
+    fp16 = json.loads(artifacts.sidecar(Precision.FP16).read_text())
+    assert fp16["data"]["synthetic"] is True and "warning" in fp16
+    int8 = json.loads(artifacts.sidecar(Precision.INT8).read_text())
+    assert int8["data"]["synthetic"] is False and len(int8["data"]["sha256"]) == 64
+    assert int8["method"] == "percentile" and int8["steps"][0]["excluded"] == 0
+    assert int8["effect"]["final_min_cosine"] >= int8["effect"]["full_int8_min_cosine"]
+    assert int8["source_sha256"] == artifacts.export_record()["onnx"]["sha256"]
+    q = onnx.load(str(artifacts.onnx(Precision.INT8)))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    assert main(["parity", name, "--precision", "fp16,int8", "--eval-size", "4", "--threads", "2", *out]) == 0
+
+
+def test_stale_lower_precision_after_reexport_is_refused(user_tiny_artifacts, tmp_path):
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    assert main(["convert", name, "--allow-synthetic", "--samples", "8", "--output-dir", str(root)]) == 0
+    record = json.loads((root / name / "export.json").read_text())
+    record["onnx"]["sha256"] = "f" * 64  # as if the FP32 model had been re-exported
+    (root / name / "export.json").write_text(json.dumps(record))
+    code = main(["parity", name, "--precision", "fp16", "--eval-size", "4", "--output-dir", str(root)])
+    assert code == 2

@@ -1,0 +1,107 @@
+import json
+
+import onnx
+import pytest
+
+from batchforge.cli import main
+from batchforge.errors import ExportError, UsageError
+from batchforge.export.checks import check_symbolic_batch, lint_batch_specialisation
+from batchforge.export.exporter import export_model
+from batchforge.export.registry import ZooEntry, get_model, resolve_factory
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+from batchforge.runtime.spec import ModelSpec
+from user_models import spec_dict
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec_dict()))
+    return path
+
+
+def test_user_model_exports_with_dynamic_batch_and_record(tmp_path, spec_file, capsys):
+    out = tmp_path / "artifacts"
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec_file),
+                 "--output-dir", str(out)])
+    assert code == 0
+    artifacts = ModelArtifacts.at(out, "user_tiny")
+    record = artifacts.export_record()
+    assert record["exporter"]["name"] == "torch.onnx.export(dynamo=True)"
+    assert record["exporter"]["fallback_reason"] is None and record["exporter"]["opset"] == 18
+    assert [r["batch"] for r in record["checks"]["parity"]] == [1, 2, 8]
+    assert max(r["max_rel"] for r in record["checks"]["parity"]) < 1e-5
+    assert record["io"]["inputs"][0]["shape"][0] == "batch"
+    assert record["versions"]["torch"] == "2.14.1"
+    assert artifacts.verified_onnx(Precision.FP32).is_file()
+    assert record["weights"]["sha256"] and artifacts.reference_weights.is_file()
+    assert "exported user_tiny" in capsys.readouterr().out
+    check_symbolic_batch(onnx.load(str(artifacts.onnx(Precision.FP32))))
+    assert sorted(p.name for p in artifacts.dir.iterdir()) == [
+        "export.json", "model.fp32.onnx", "reference.safetensors"]
+
+
+def test_batch_baked_into_a_reshape_fails_the_export_naming_the_node(tmp_path):
+    entry = ZooEntry(ModelSpec.from_dict(spec_dict("baked")), "user_models:batch_baked")
+    with pytest.raises(ExportError) as info:
+        export_model(entry, tmp_path)
+    text = info.value.one_line()
+    assert ("Reshape node" in text and "trace batch 2" in text) or "batch dim is not symbolic" in text
+    assert not (tmp_path / "baked").exists(), "a failed export must leave nothing behind"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lint_flags_constant_batch_in_a_handmade_graph():
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2, 2])],
+        initializer=[numpy_helper.from_array(np.array([3, 2, 2], np.int64), "shape")])
+    model = helper.make_model(graph)
+    findings = lint_batch_specialisation(model, trace_batch=3)
+    assert [f.node for f in findings] == ["bad_reshape"]
+    with pytest.raises(ExportError, match="output 'y' has shape"):
+        check_symbolic_batch(model)
+
+
+def test_weights_are_loaded_strictly_with_weights_only(tmp_path, spec_file):
+    import torch
+
+    from user_models import tiny_embedder
+
+    model = tiny_embedder()
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")
+    out = tmp_path / "a"
+    assert main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec_file),
+                 "--weights", str(tmp_path / "w.pt"), "--output-dir", str(out)]) == 0
+    from batchforge.export.weights import read_state_dict
+
+    saved = read_state_dict(out / "user_tiny" / "reference.safetensors")
+    assert torch.equal(saved["head.bias"], model.state_dict()["head.bias"])
+    torch.save({"head.weight": torch.zeros(1)}, tmp_path / "bad.pt")
+    assert main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec_file),
+                 "--weights", str(tmp_path / "bad.pt"), "--output-dir", str(out)]) == 2
+
+
+def test_pickled_objects_are_refused(tmp_path, spec_file, capsys):
+    import torch
+
+    torch.save({"state_dict": {"x": object()}}, tmp_path / "evil.pt")  # needs pickle to load
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec_file),
+                 "--weights", str(tmp_path / "evil.pt"), "--output-dir", str(tmp_path / "a")])
+    assert code == 2
+    assert "weights_only=True" in capsys.readouterr().err
+
+
+def test_registry_errors_list_known_names():
+    with pytest.raises(UsageError, match="known: .*reid_resnet50"):
+        get_model("resnet5O")
+    with pytest.raises(UsageError, match="module:function"):
+        resolve_factory("no_colon_here")
+    with pytest.raises(UsageError, match="cannot import"):
+        resolve_factory("no_such_module_xyz:f")

@@ -1,0 +1,112 @@
+"""The reid gate on a real zoo model: passes clean, fails on every planted fault (SPEC §6)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from batchforge.cli import main
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+from helpers import edit_export_spec, replant_onnx
+
+pytestmark = pytest.mark.slow
+EVAL = ["--eval-size", "4", "--threads", "2"]
+
+
+@pytest.fixture
+def zoo_copy(resnet_artifacts, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(resnet_artifacts, root)
+    return ModelArtifacts.at(root, "reid_resnet50")
+
+
+def parity(artifacts, *extra):
+    return main(["parity", "reid_resnet50", "--output-dir", str(artifacts.root), *EVAL, *extra])
+
+
+def test_clean_artifact_passes_and_reports(zoo_copy, tmp_path):
+    report = tmp_path / "r" / "parity.json"
+    assert parity(zoo_copy, "--report", str(report)) == 0
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "PASSED"
+    names = {c["name"] for c in data["reports"][0]["checks"]}
+    assert {"embedding_cosine", "top1_agreement", "top5_overlap", "raw_cosine[embedding]",
+            "batch1_vs_max[embedding]", "batch8_vs_max[embedding]"} <= names
+    assert all(c["reason"] for c in data["reports"][0]["checks"])
+    assert "| reid_resnet50 | fp32 |" in report.with_suffix(".md").read_text()
+
+
+def swap_channels(spec):
+    spec["preprocess"]["channel_order"] = "BGR"
+
+
+def wrong_normalisation(spec):
+    spec["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+    spec["preprocess"]["std"] = [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("edit", [swap_channels, wrong_normalisation], ids=["rgb-bgr", "mean-std"])
+def test_preprocessing_config_faults_fail(zoo_copy, edit):
+    edit_export_spec(zoo_copy, edit)
+    assert parity(zoo_copy) == 1
+
+
+def perturb_weight(model):
+    conv = next(t for t in model.graph.initializer if t.name.endswith("weight") or len(t.dims) == 4)
+    array = numpy_helper.to_array(conv).copy()
+    array.flat[: array.size // 4] *= 1.5
+    conv.CopyFrom(numpy_helper.from_array(array, conv.name))
+
+
+def drop_bias(model):
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and len(n.input) == 3)
+    del conv.input[2]
+
+
+@pytest.mark.parametrize("mutate", [perturb_weight, drop_bias], ids=["perturbed-weight", "dropped-bias"])
+def test_graph_faults_fail(zoo_copy, mutate):
+    replant_onnx(zoo_copy, Precision.FP32, mutate)
+    assert parity(zoo_copy) == 1
+
+
+def test_missing_artifact_exits_2_with_the_command(tmp_path, capsys):
+    assert main(["parity", "reid_resnet50", "--output-dir", str(tmp_path), "--eval-size", "4"]) == 2
+    assert "batchforge export reid_resnet50" in capsys.readouterr().out
+
+
+def test_int8_faults_fail_and_are_localised(zoo_copy, tmp_path):
+    from batchforge.export.samples import write_samples
+    from batchforge.runtime.images import write_image
+
+    out = ["--output-dir", str(zoo_copy.root)]
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        write_image(noise / f"{i:02d}.png", rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    assert main(["calibrate", "reid_resnet50", "--data", str(noise), "--samples", "16", *out]) == 2
+    assert main(["calibrate", "reid_resnet50", "--data", str(noise), "--samples", "16",
+                 "--allow-random-data", "--max-excluded", "0", *out]) == 0
+    assert parity(zoo_copy, "--precision", "int8", "--eval-size", "8") == 1
+
+    write_samples("reid", tmp_path / "calib", 32, seed=4000)
+    assert main(["calibrate", "reid_resnet50", "--data", str(tmp_path / "calib"), "--max-excluded", "0",
+                 *out]) == 0
+    assert parity(zoo_copy, "--precision", "int8") == 0
+
+    def wrong_dequantize_scale(model):
+        inits = {t.name for t in model.graph.initializer}
+        dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits][20]
+        scale = next(t for t in model.graph.initializer if t.name == dq.input[1])
+        planted = numpy_helper.from_array(numpy_helper.to_array(scale) * 2, scale.name + "_planted")
+        model.graph.initializer.append(planted)
+        dq.input[1] = planted.name
+
+    replant_onnx(zoo_copy, Precision.INT8, wrong_dequantize_scale)
+    report = tmp_path / "int8.json"
+    assert parity(zoo_copy, "--precision", "int8", "--report", str(report)) == 1
+    found = json.loads(report.read_text())["reports"][0]["localisation"]
+    assert found["first_past_tolerance"]["tensor"], found
+    assert found["worst"][0]["relative_error"] > found["limit"]
