@@ -1,0 +1,142 @@
+"""Typed option dataclasses filled from JSON, with every wrong key, type and value named.
+
+An options dataclass calls ``settle(self)`` in ``__post_init__``: each field is checked against
+its annotation (``int``, ``float``, ``bool``, ``str``, an Enum, a nested options dataclass, or
+``X | None`` of those), converted (Enum from its value, nested dataclass from a mapping, int to
+float), and then the class's own ``value_problems()`` run. All problems are collected and raised
+once as a ConfigError whose ``problems`` name each field by its dotted path, e.g.
+``defects.min_area: expected an integer, got str '5'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import types
+import typing
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from batchforge.errors import ConfigError
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "null"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def convert(value: Any, hint: Any, path: str) -> tuple[Any, list[str]]:
+    """Checks and converts one value against a type annotation.
+
+    Returns:
+        (converted value, problems); the value is meaningless when there are problems.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None, []
+        value, problems = convert(value, args[0], path)
+        return value, [p.replace(", got ", " or null, got ", 1) for p in problems]
+    if hint is bool:
+        ok = isinstance(value, bool)
+        return value, [] if ok else [f"{path}: expected true or false, got {_describe(value)}"]
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value, [] if ok else [f"{path}: expected an integer, got {_describe(value)}"]
+    if hint is float:
+        if not _is_number(value):
+            return value, [f"{path}: expected a number, got {_describe(value)}"]
+        if not math.isfinite(value):
+            return value, [f"{path}: expected a finite number, got {value!r}"]
+        return float(value), []
+    if hint is str:
+        return value, [] if isinstance(value, str) else [f"{path}: expected a string, got {_describe(value)}"]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _convert_enum(value, hint, path)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value, []
+        if not isinstance(value, Mapping):
+            return value, [f"{path}: expected an object, got {_describe(value)}"]
+        return build(hint, value, f"{path}.")
+    raise TypeError(f"{path}: unsupported option annotation {hint!r}")  # a programming error
+
+
+def _convert_enum(value: Any, hint: type[enum.Enum], path: str) -> tuple[Any, list[str]]:
+    if isinstance(value, hint):
+        return value, []
+    try:
+        return hint(value), []
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in hint)
+        return value, [f"{path}: expected one of {allowed}, got {_describe(value)}"]
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> tuple[Any, list[str]]:
+    """Builds ``cls`` from a mapping, collecting every problem instead of stopping at the first.
+
+    Args:
+        cls: an options dataclass whose ``__post_init__`` calls ``settle``.
+        data: the mapping (e.g. one section of a JSON file).
+        prefix: the dotted path of ``data`` in the file, for messages ("defects.").
+    Returns:
+        (instance or None, problems).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    problems = [f"unknown key '{prefix}{key}'" for key in sorted(map(str, data)) if key not in names]
+    try:
+        instance = cls(**{k: v for k, v in data.items() if k in names})
+    except ConfigError as exc:
+        return None, problems + [prefix + p for p in exc.problems]
+    return (instance if not problems else None), problems
+
+
+def settle(instance: Any) -> None:
+    """Checks and converts every field of a frozen options dataclass in place; see the module doc.
+
+    The class's ``value_problems()`` returns ``(fields involved, problem)`` pairs; it runs even
+    when some fields have the wrong type (they are checked at their defaults, and problems
+    involving them are dropped), so one pass names every problem.
+
+    Raises:
+        ConfigError naming every problem (field paths relative to this dataclass).
+    """
+    cls = type(instance)
+    hints = _hints(cls)
+    problems: list[str] = []
+    bad: set[str] = set()
+    for f in dataclasses.fields(cls):
+        value, found = convert(getattr(instance, f.name), hints[f.name], f.name)
+        if found:
+            problems += found
+            bad.add(f.name)
+            value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        object.__setattr__(instance, f.name, value)
+    if hasattr(instance, "value_problems"):
+        problems += [text for names, text in instance.value_problems() if not bad.intersection(names)]
+    if problems:
+        raise ConfigError(f"invalid {cls.__name__}", problems=problems)
+
+
+def to_jsonable(instance: Any) -> dict[str, Any]:
+    """An options dataclass as a JSON-ready dict (enums as values, nested dataclasses as dicts)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_jsonable(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[f.name] = value
+    return out
