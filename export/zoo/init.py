@@ -75,7 +75,7 @@ RESIDUAL_BRANCH_SCALE = 0.1
 def damp_residual_branches(module: nn.Module, scale: float = RESIDUAL_BRANCH_SCALE) -> int:
     """Sets the output-BatchNorm scale of each torchvision residual branch to ``scale``.
 
-    Handles ResNet BasicBlock/Bottleneck, EfficientNet MBConv/FusedMBConv and MobileNetV2
+    Handles ResNet BasicBlock/Bottleneck, EfficientNet MBConv/FusedMBConv and MobileNetV2/V3
     InvertedResidual (only blocks that add a skip connection).
 
     Returns:
@@ -83,6 +83,7 @@ def damp_residual_branches(module: nn.Module, scale: float = RESIDUAL_BRANCH_SCA
     """
     from torchvision.models.efficientnet import FusedMBConv, MBConv
     from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     count = 0
@@ -97,6 +98,8 @@ def damp_residual_branches(module: nn.Module, scale: float = RESIDUAL_BRANCH_SCA
                 norm = sub.block[-1][1]
             elif isinstance(sub, InvertedResidual) and sub.use_res_connect:
                 norm = sub.conv[-1]
+            elif isinstance(sub, InvertedResidualV3) and sub.use_res_connect:
+                norm = sub.block[-1][1]
             if isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 norm.weight.fill_(scale)
                 count += 1
