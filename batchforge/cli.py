@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="percentile", choices=("minmax", "entropy", "percentile"),
                    help="activation range method (default: percentile, measured best on the zoo)")
     p.add_argument("--target-cosine", type=float, default=0.995,
-                   help="the sensitivity pass stops excluding nodes once the min output cosine against "
-                        "FP32 reaches this (default: 0.995)")
+                   help="the sensitivity pass stops keeping nodes in FP32 once the mean output cosine "
+                        "against FP32 on the calibration items reaches this (default: 0.995)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE",
                    help="keep this node in FP32 in addition to the measured ones (repeatable)")
     p.add_argument("--max-excluded", type=int, default=None, metavar="N",
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default: fp32)")
     p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
     p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")
+    p.add_argument("--infer-config", metavar="FILE",
+                   help="anomaly: an infer_config.json (defects, tiling, image threshold); check it "
+                        "first with `batchforge validate-config FILE`")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="refuse larger images (default: 40000000)")
     _add_backend(p)

@@ -7,11 +7,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from batchforge.errors import ArtifactError, BackendUnavailableError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.backends import INSTALL_HINTS, Backend, probe_backends, resolve_backend
 from batchforge.runtime.loading import ensemble_spec
-
-from batchforge.errors import ArtifactError, BackendUnavailableError
 
 TIMING_CACHE_NAME = "timing.cache"
 

@@ -20,13 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from batchforge.engines.records import calibration_sha256
+from batchforge.errors import BuildError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
 from batchforge.runtime.backends import Backend
 from batchforge.runtime.loading import cpu_graph_optimization, ort_provider_setup
 from batchforge.runtime.manifest import OrtEngineManifest, offline_level, write_manifest
 from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, session_options
-
-from batchforge.errors import BuildError
 
 
 def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,

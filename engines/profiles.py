@@ -7,10 +7,9 @@ chunk of a run) impossible, so it is allowed only when asked for explicitly.
 
 from __future__ import annotations
 
+from batchforge.errors import ConfigError
 from batchforge.runtime.manifest import InputProfile
 from batchforge.runtime.spec import ModelSpec, ProfileRange
-
-from batchforge.errors import ConfigError
 
 
 def derive_profile(spec: ModelSpec, *, min_batch: int | None = None, opt_batch: int | None = None,

@@ -7,9 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json
-
 from batchforge.errors import BuildError
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

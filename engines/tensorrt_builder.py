@@ -26,11 +26,10 @@ from typing import Any
 
 from batchforge.engines.profiles import input_profiles
 from batchforge.engines.records import calibration_sha256, tolerances_for, write_bytes_atomic
+from batchforge.errors import BuildError, ConfigError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
 from batchforge.runtime.manifest import EngineManifest, InputProfile, write_manifest
 from batchforge.runtime.spec import ProfileRange
-
-from batchforge.errors import BuildError, ConfigError
 
 MAX_LISTED_PARSER_ERRORS = 10
 

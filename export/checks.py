@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from batchforge.parity.metrics import ParityRow
 from onnx import numpy_helper
 
 from batchforge.errors import ExportError
+from batchforge.parity.metrics import ParityRow
 
 SHAPE_OPS = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
 

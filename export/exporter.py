@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+
+import batchforge
+from batchforge.errors import ExportError
 from batchforge.export import checks
 from batchforge.export.onnx_export import ExportOptions, example_inputs, export_onnx
 from batchforge.export.reference import TorchRunner, build_module
@@ -28,9 +31,6 @@ from batchforge.parity.metrics import ParityRow, compare_arrays
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 from batchforge.runtime.spec import ProfileRange
-
-import batchforge
-from batchforge.errors import ExportError
 
 EXPORT_SCHEMA_VERSION = 1
 # FP32 ONNX vs PyTorch on the same CPU: measured max_rel <= 2e-6 and cosine >= 0.9999999 on the

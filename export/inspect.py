@@ -78,7 +78,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info = describe_folder(path)
         onnx_path = path / "model.fp32.onnx"
         if onnx_path.is_file():
-            info["fp32_onnx"] = describe_onnx(onnx_path, _trace_batch(path))
+            try:
+                info["fp32_onnx"] = describe_onnx(onnx_path, _trace_batch(path))
+            except ArtifactError as exc:  # the folder report already says REFUSED
+                info["fp32_onnx"] = f"unreadable: {exc.message}"
     elif path.suffix == ".onnx":
         info = describe_onnx(path, _trace_batch(path.parent))
     elif path.suffix in (".json", ".plan"):

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from batchforge.runtime.spec import ModelSpec
 
 from batchforge.errors import ExportError
+from batchforge.runtime.spec import ModelSpec
 
 DEFAULT_OPSET = 18
 DEFAULT_TRACE_BATCH = 2

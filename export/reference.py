@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from batchforge.errors import ArtifactError
 from batchforge.export.registry import resolve_factory
 from batchforge.export.weights import load_weights
 from batchforge.runtime.artifacts import ModelArtifacts
@@ -21,8 +23,6 @@ from batchforge.runtime.preprocess import Geometry
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, Preprocess, ResizeMode
 from batchforge.runtime.validation import IOMeta
-
-from batchforge.errors import ArtifactError
 
 
 def torch_preprocess(image: np.ndarray, pre: Preprocess) -> tuple[torch.Tensor, Geometry]:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from batchforge.runtime.spec import EnsembleSpec, ModelSpec
-
 from batchforge.errors import UsageError
+from batchforge.runtime.spec import EnsembleSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,11 @@ ENSEMBLES: dict[str, EnsembleSpec] = {}
 # Importing these modules fills the registries; families add a line here.
 FAMILY_MODULES = (
     "batchforge.export.zoo.reid",
+    "batchforge.export.zoo.detector",
+    "batchforge.export.zoo.facepose",
+    "batchforge.export.zoo.anomaly",
+    "batchforge.export.zoo.keypoints",
+    "batchforge.export.zoo.ptycho",
 )
 
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from batchforge.runtime.artifacts import sha256_file
 
 from batchforge.errors import ArtifactError, IntegrityError, UsageError
+from batchforge.runtime.artifacts import sha256_file
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

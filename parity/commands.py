@@ -10,8 +10,8 @@ from batchforge.runtime.artifacts import Precision, write_json_atomic
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from batchforge.export.registry import ENSEMBLES, ZOO, known_names
     from batchforge.export.exporter import library_versions
+    from batchforge.export.registry import ENSEMBLES, ZOO, known_names
     from batchforge.parity.gate import check_model, exit_code
     from batchforge.parity.report import summary_lines, to_markdown
     from batchforge.parity.session import ParitySession

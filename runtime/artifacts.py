@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchforge.runtime.spec import ModelSpec
-
 from batchforge.errors import ArtifactError, ConfigError, IntegrityError
+from batchforge.runtime.spec import ModelSpec
 
 DEFAULT_OUTPUT_DIR = "artifacts"
 

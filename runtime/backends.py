@@ -74,6 +74,7 @@ def _tensorrt_status() -> tuple[bool, str]:
         return False, "tensorrt is installed but cuda-python (cuda.bindings) is not"
     try:
         import tensorrt
+
         from batchforge.runtime.runners.cuda_util import device_count
     except Exception as exc:  # an installed but broken TensorRT is "not available"
         return False, f"tensorrt failed to import: {exc}"

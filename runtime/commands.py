@@ -44,10 +44,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    overrides = {"include_embedding": True} if args.include_embedding else None
+    overrides: dict[str, object] = {}
+    if args.include_embedding:
+        overrides["include_embedding"] = True
+    if args.infer_config:
+        from batchforge.runtime.infer_config import load_infer_config
+
+        config = load_infer_config(args.infer_config)
+        config.check_model(args.model)
+        overrides.update(config.overrides())
     pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
                              backend=backend, threads=args.threads, gallery=args.gallery,
-                             overrides=overrides, max_pixels=args.max_pixels)
+                             overrides=overrides or None, max_pixels=args.max_pixels)
     sources = _sources(args.input, pipeline.input_suffixes)
     errors = 0
     start = time.perf_counter()

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from batchforge.runtime.post.common import l2_normalize
 
 from batchforge.errors import ArtifactError, InputValidationError
+from batchforge.runtime.post.common import l2_normalize
 
 
 @dataclass(frozen=True)

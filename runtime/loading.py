@@ -7,22 +7,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchforge.errors import ArtifactError, ConfigError
 from batchforge.runtime.artifacts import DEFAULT_OUTPUT_DIR, ModelArtifacts, Precision, read_json
 from batchforge.runtime.backends import Backend, resolve_backend
 from batchforge.runtime.gallery import Gallery
+from batchforge.runtime.images import DEFAULT_MAX_PIXELS
+from batchforge.runtime.manifest import offline_level, select_ort_engine
 from batchforge.runtime.pipelines import ENSEMBLE_PIPELINES, PIPELINES, Pipeline
 from batchforge.runtime.runners.base import Runner
-from batchforge.runtime.manifest import offline_level, select_ort_engine
 from batchforge.runtime.runners.onnxruntime import (
     OnnxRuntimeRunner,
     OrtOptions,
     import_onnxruntime,
     provider_chain,
 )
-from batchforge.runtime.images import DEFAULT_MAX_PIXELS
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec, parse_options
-
-from batchforge.errors import ArtifactError, ConfigError
 
 ENSEMBLE_FILE = "ensemble.json"
 

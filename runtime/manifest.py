@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchforge.errors import ArtifactError, ConfigError, EngineCompatibilityError, IntegrityError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json, sha256_file, write_json_atomic
 from batchforge.runtime.spec import ProfileRange
-
-from batchforge.errors import ArtifactError, ConfigError, EngineCompatibilityError, IntegrityError
 
 MANIFEST_SCHEMA = 1
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")

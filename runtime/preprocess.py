@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from batchforge.runtime.spec import Preprocess, ResizeMode
 
 

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from batchforge.runtime.spec import ProfileRange
 
 from batchforge.errors import InputValidationError
+from batchforge.runtime.spec import ProfileRange
 
 
 @dataclass(frozen=True)

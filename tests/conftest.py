@@ -34,8 +34,9 @@ def _gpu_ready() -> tuple[bool, str]:
 @pytest.fixture(scope="session")
 def user_tiny_artifacts(tmp_path_factory):
     """The tiny user model (tests/user_models.py) exported once: (output_dir, name)."""
-    from batchforge.cli import main
     from user_models import spec_dict
+
+    from batchforge.cli import main
 
     root = tmp_path_factory.mktemp("user_tiny")
     spec = root / "spec.json"
@@ -52,4 +53,14 @@ def resnet_artifacts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("zoo") / "artifacts"
     assert main(["export", "reid_resnet50", "--output-dir", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def detection_artifacts(tmp_path_factory):
+    """The detector and facepose zoo models, exported once (shared by export and parity tests)."""
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp("detection") / "artifacts"
+    assert main(["export", "detector", "facepose", "--output-dir", str(root)]) == 0
     return root

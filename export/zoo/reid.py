@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 import torchvision
+from torch import nn
+
 from batchforge.export.reference import torch_preprocess
 from batchforge.export.registry import register, register_ensemble
 from batchforge.export.samples import SEED_INIT, generate
@@ -28,7 +30,6 @@ from batchforge.runtime.spec import (
     ProfileRange,
     TensorSpec,
 )
-from torch import nn
 
 PROFILE = ProfileRange(min=1, opt=8, max=32)
 INIT_IMAGES = 32

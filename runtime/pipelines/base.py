@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from batchforge.errors import BatchforgeError, InputValidationError
 from batchforge.runtime.batching import infer_in_chunks, stack_feeds
 from batchforge.runtime.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from batchforge.runtime.preprocess import preprocess_image
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, parse_options
-
-from batchforge.errors import BatchforgeError, InputValidationError
 
 
 @dataclass(frozen=True)

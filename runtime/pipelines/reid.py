@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from batchforge.runtime.batching import infer_in_chunks
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import to_rgb_uint8

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from batchforge.runtime.post.common import l2_normalize, top_k
 
 from batchforge.errors import InputValidationError
+from batchforge.runtime.post.common import l2_normalize, top_k
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import abc
 from collections.abc import Mapping
 
 import numpy as np
-from batchforge.runtime.spec import ProfileRange
-from batchforge.runtime.validation import IOMeta, validate_feed
 
 from batchforge.errors import BatchforgeError
+from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.validation import IOMeta, validate_feed
 
 
 class Runner(abc.ABC):

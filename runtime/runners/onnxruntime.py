@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from batchforge.errors import BackendUnavailableError, BatchforgeError
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
 from batchforge.runtime.validation import IOMeta
-
-from batchforge.errors import BackendUnavailableError, BatchforgeError
 
 ORT_TYPES = {
     "tensor(float)": np.dtype("float32"),

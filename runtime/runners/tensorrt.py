@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from batchforge.errors import BackendUnavailableError, BatchforgeError, ConfigError, IntegrityError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.backends import INSTALL_HINTS, Backend
 from batchforge.runtime.manifest import EngineEnvironment, EngineManifest, check_before_load, read_manifest
@@ -27,8 +29,6 @@ from batchforge.runtime.runners import cuda_util
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec
 from batchforge.runtime.validation import IOMeta
-
-from batchforge.errors import BackendUnavailableError, BatchforgeError, ConfigError, IntegrityError
 
 
 def import_tensorrt() -> Any:

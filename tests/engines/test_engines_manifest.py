@@ -9,8 +9,17 @@ import json
 import os
 
 import pytest
+from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
+
 from batchforge.engines.profiles import input_profiles
 from batchforge.engines.tensorrt_builder import BuildConfig, HardwareCompat, make_manifest
+from batchforge.errors import (
+    EXIT_COULD_NOT_RUN,
+    ArtifactError,
+    ConfigError,
+    EngineCompatibilityError,
+    IntegrityError,
+)
 from batchforge.runtime.artifacts import Precision, file_record, write_json_atomic
 from batchforge.runtime.manifest import (
     EngineEnvironment,
@@ -23,15 +32,6 @@ from batchforge.runtime.manifest import (
     write_manifest,
 )
 from batchforge.runtime.spec import ProfileRange
-from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
-
-from batchforge.errors import (
-    EXIT_COULD_NOT_RUN,
-    ArtifactError,
-    ConfigError,
-    EngineCompatibilityError,
-    IntegrityError,
-)
 
 PLAN = bytes(range(256)) * 64  # 16 KiB stand-in for a serialized engine
 BUILT_ON = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",

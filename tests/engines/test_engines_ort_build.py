@@ -6,14 +6,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from batchforge.engines.onnxruntime_builder import build_ort_engine
-from batchforge.runtime.artifacts import Precision, file_record, sha256_file, write_json_atomic
-from batchforge.runtime.loading import open_runner
-from batchforge.runtime.manifest import read_ort_manifest, write_manifest
 from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
 
 from batchforge.cli import main
+from batchforge.engines.onnxruntime_builder import build_ort_engine
 from batchforge.errors import IntegrityError
+from batchforge.runtime.artifacts import Precision, file_record, sha256_file, write_json_atomic
+from batchforge.runtime.loading import open_runner
+from batchforge.runtime.manifest import read_ort_manifest, write_manifest
 
 FP32 = Precision.FP32
 

@@ -1,10 +1,10 @@
 import pytest
-from batchforge.engines.profiles import derive_profile, input_profiles
-from batchforge.runtime.manifest import InputProfile
-from batchforge.runtime.spec import ModelSpec, ProfileRange, TensorSpec
 from helpers import tiny_spec
 
+from batchforge.engines.profiles import derive_profile, input_profiles
 from batchforge.errors import ConfigError
+from batchforge.runtime.manifest import InputProfile
+from batchforge.runtime.spec import ModelSpec, ProfileRange, TensorSpec
 
 SPEC = tiny_spec(profile=ProfileRange(1, 4, 8))
 

@@ -14,6 +14,8 @@ import enum
 from types import SimpleNamespace
 
 import pytest
+from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
+
 from batchforge.engines.profiles import input_profiles
 from batchforge.engines.tensorrt_builder import (
     BuildConfig,
@@ -22,12 +24,10 @@ from batchforge.engines.tensorrt_builder import (
     build_tensorrt_engine,
     network_flags,
 )
+from batchforge.errors import BuildError, ConfigError
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.manifest import EngineEnvironment, check_before_load, read_manifest
 from batchforge.runtime.spec import ProfileRange
-from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
-
-from batchforge.errors import BuildError, ConfigError
 
 # class -> the members the builder may touch, as named in the TensorRT 10.x Python API docs
 DOCUMENTED_API = {

@@ -2,6 +2,7 @@ import json
 
 import onnx
 import pytest
+from user_models import spec_dict
 
 from batchforge.cli import main
 from batchforge.errors import ExportError, UsageError
@@ -10,7 +11,6 @@ from batchforge.export.exporter import export_model
 from batchforge.export.registry import ZooEntry, get_model, resolve_factory
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.spec import ModelSpec
-from user_models import spec_dict
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def test_batch_baked_into_a_reshape_fails_the_export_naming_the_node(tmp_path):
 
 
 def test_lint_flags_constant_batch_in_a_handmade_graph():
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")], "g",
@@ -69,7 +69,6 @@ def test_lint_flags_constant_batch_in_a_handmade_graph():
 
 def test_weights_are_loaded_strictly_with_weights_only(tmp_path, spec_file):
     import torch
-
     from user_models import tiny_embedder
 
     model = tiny_embedder()

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import edit_export_spec, replant_onnx
 from onnx import numpy_helper
 
 from batchforge.cli import main
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
-from helpers import edit_export_spec, replant_onnx
 
 pytestmark = pytest.mark.slow
 EVAL = ["--eval-size", "4", "--threads", "2"]

@@ -1,6 +1,7 @@
 """The lean runtime imports with numpy + OpenCV + onnxruntime only (SPEC §1)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -55,7 +56,14 @@ def test_lean_venv_with_only_numpy_opencv_onnxruntime(tmp_path):
     if deps.returncode != 0 and "No matching distribution" in deps.stderr + deps.stdout:
         pytest.skip(f"package index unreachable: {deps.stderr.strip()[-200:]}")
     assert deps.returncode == 0, deps.stderr
-    build = subprocess.run([*pip, "--no-deps", str(ROOT)], capture_output=True, text=True, timeout=600,
+    source = tmp_path / "src"  # setuptools writes build/ beside the sources: keep it in tmp_path
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    build = subprocess.run([*pip, "--no-deps", str(source)], capture_output=True, text=True, timeout=600,
                            env=env, cwd=tmp_path)
     assert build.returncode == 0, build.stderr
     listed = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True,

@@ -3,8 +3,9 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import random_images, tiny_embedder_onnx, tiny_spec, write_artifact
 
-from batchforge.errors import ArtifactError, ConfigError, IntegrityError, InputValidationError
+from batchforge.errors import ArtifactError, ConfigError, InputValidationError, IntegrityError
 from batchforge.runtime import Gallery, load_pipeline
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file, write_json_atomic
 from batchforge.runtime.images import write_image
@@ -12,7 +13,6 @@ from batchforge.runtime.jsonl import JsonlWriter
 from batchforge.runtime.loading import ENSEMBLE_FILE
 from batchforge.runtime.results import ErrorRecord
 from batchforge.runtime.spec import EnsembleMember, EnsembleSpec
-from helpers import random_images, tiny_embedder_onnx, tiny_spec, write_artifact
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from helpers import tiny_embedder_onnx
 
 from batchforge.errors import BackendUnavailableError, BatchforgeError, InputValidationError
 from batchforge.runtime.batching import chunk_slices, infer_in_chunks, stack_feeds
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtOptions, provider_chain
 from batchforge.runtime.spec import ProfileRange
-from helpers import tiny_embedder_onnx
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 import json
 
 import pytest
+from helpers import tiny_spec
 
 from batchforge.errors import ConfigError
+from batchforge.runtime.post.reid import ReidOptions
 from batchforge.runtime.spec import (
     EnsembleMember,
     EnsembleSpec,
@@ -13,8 +15,6 @@ from batchforge.runtime.spec import (
     TensorSpec,
     parse_options,
 )
-from batchforge.runtime.post.reid import ReidOptions
-from helpers import tiny_spec
 
 
 def test_spec_round_trips_through_json():

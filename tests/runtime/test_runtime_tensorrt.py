@@ -22,18 +22,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from batchforge.engines.profiles import input_profiles
-from batchforge.engines.tensorrt_builder import BuildConfig, make_manifest
-from batchforge.runtime.artifacts import Precision
-from batchforge.runtime.batching import infer_in_chunks
-from batchforge.runtime.manifest import write_manifest
-from batchforge.runtime.runners import cuda_util
-from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtOptions
-from batchforge.runtime.runners.tensorrt import TensorRTRunner
-from batchforge.runtime.spec import ProfileRange, TensorSpec
 from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
 from onnx import numpy_helper
 
+from batchforge.engines.profiles import input_profiles
+from batchforge.engines.tensorrt_builder import BuildConfig, make_manifest
 from batchforge.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -42,6 +35,13 @@ from batchforge.errors import (
     InputValidationError,
     IntegrityError,
 )
+from batchforge.runtime.artifacts import Precision
+from batchforge.runtime.batching import infer_in_chunks
+from batchforge.runtime.manifest import write_manifest
+from batchforge.runtime.runners import cuda_util
+from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtOptions
+from batchforge.runtime.runners.tensorrt import TensorRTRunner
+from batchforge.runtime.spec import ProfileRange, TensorSpec
 
 FP32 = Precision.FP32
 PLAN = b"EMULATED-PLAN:" + bytes(range(200))
@@ -353,6 +353,7 @@ def test_cuda_errors_name_the_call():
 @pytest.mark.gpu
 def test_real_engine_matches_onnx_runtime(tmp_path):
     import tensorrt as trt
+
     from batchforge.engines.tensorrt_builder import build_tensorrt_engine
 
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
@@ -375,6 +376,7 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
 @pytest.mark.gpu
 def test_real_truncated_plan_is_refused(tmp_path):
     import tensorrt as trt
+
     from batchforge.engines.tensorrt_builder import build_tensorrt_engine
 
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
