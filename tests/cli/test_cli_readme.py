@@ -1,0 +1,57 @@
+"""README examples really run (the Quick tour's commands and the Python API block)."""
+
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from batchforge.cli import main
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+pytestmark = pytest.mark.slow
+
+
+def blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def quick_tour() -> list[list[str]]:
+    tour = blocks("console")[0]
+    commands = []
+    for line in tour.splitlines():
+        if line.startswith("$ batchforge "):
+            command = line[len("$ batchforge "):].split("#")[0]
+            commands.append(shlex.split(command))
+    return commands
+
+
+def test_readme_starts_with_exactly_two_commands():
+    first = [line for line in README.read_text().splitlines()[:3] if line.strip()]
+    assert first[0].strip().startswith("./scripts/main.sh") and first[1].strip().startswith("./scripts/test.sh")
+    assert all(Path(README.parent, line.split()[0]).is_file() for line in first)
+
+
+def test_quick_tour_and_python_api_run(resnet_artifacts, tmp_path, monkeypatch, capsys):
+    shutil.copytree(resnet_artifacts, tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    commands = quick_tour()
+    assert [c[0] for c in commands][:3] == ["models", "export", "samples"]
+    for argv in commands:
+        if argv[0] == "export":
+            continue  # the session fixture ran exactly this command
+        if argv[0] == "parity":
+            argv = [*argv, "--eval-size", "4"]  # the gate's full evaluation set runs in CI
+        if argv[0] == "bench":
+            argv = [*argv, "--repeats", "1"]
+        assert main(argv) == 0, argv
+    out = capsys.readouterr().out
+    assert "parity PASSED" in out and "8/8 inputs processed" in out
+    assert len(Path("results.jsonl").read_text().splitlines()) == 8
+    (python_block,) = blocks("python")
+    exec(compile(python_block, "README.md", "exec"), {})
+    lines = [line for line in capsys.readouterr().out.splitlines() if "view0.png" in line]
+    assert len(lines) == 4 and lines[0].endswith(" 1.0")
+    assert os.path.isfile("reports/parity.md")
