@@ -142,13 +142,13 @@ def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
         feeds, bad = [], []
         for file in files:
             try:
-                feeds.append(pipeline.prepare(pipeline.load(file), str(file)).feed)
+                feeds.extend(pipeline.prepare(item, str(file)).feed for item in pipeline.load_items(file))
             except InputValidationError as exc:
                 bad.append(f"{file.name}: {exc.message}")
         if bad:
             raise CalibrationError(f"{len(bad)} calibration file(s) could not be read: " + "; ".join(bad[:5]),
                                    hint="fix or remove them; nothing was written")
-        return CalibrationData(tuple(feeds), str(path), _hash_files(files), synthetic=False)
+        return CalibrationData(tuple(feeds[:samples]), str(path), _hash_files(files), synthetic=False)
     else:
         raise CalibrationError(f"calibration data {path} is not a folder, .npy or .npz file")
     return _from_arrays(spec, arrays, path, samples)

@@ -36,8 +36,8 @@ def torch_preprocess(image: np.ndarray, pre: Preprocess) -> tuple[torch.Tensor, 
     height, width = image.shape[:2]
     if pre.resize is ResizeMode.LETTERBOX:
         ratio = min(pre.height / height, pre.width / width)
-        new_h = max(1, min(pre.height, int(round(height * ratio))))
-        new_w = max(1, min(pre.width, int(round(width * ratio))))
+        new_h = max(1, min(pre.height, round(height * ratio)))
+        new_w = max(1, min(pre.width, round(width * ratio)))
         top, left = (pre.height - new_h) // 2, (pre.width - new_w) // 2
         canvas = torch.full((1, 3, pre.height, pre.width), float(pre.pad_value))
         canvas[:, :, top : top + new_h, left : left + new_w] = _bilinear(x, new_h, new_w)

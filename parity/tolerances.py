@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from batchforge.runtime.artifacts import Precision
-
 from batchforge.errors import ConfigError
+from batchforge.runtime.artifacts import Precision
 
 FP32, FP16, INT8 = Precision.FP32, Precision.FP16, Precision.INT8
 

@@ -118,6 +118,7 @@ def bench(models: list[dict], precisions: list[str], output_dir: str,
           built: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:
     """Images/s of the TensorRT runner and of ONNX Runtime (best provider), same inputs and batches."""
     import numpy as np
+
     from batchforge.runtime.artifacts import ModelArtifacts
     from batchforge.runtime.loading import open_runner
 

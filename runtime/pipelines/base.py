@@ -89,6 +89,10 @@ class Pipeline(abc.ABC):
         """Reads one input file (images by default)."""
         return read_image(source, max_pixels=self.max_pixels)
 
+    def load_items(self, source: str | Path) -> list[np.ndarray]:
+        """The model items one input file holds (one image by default; a scan holds many)."""
+        return [self.load(source)]
+
     def prepare(self, item: np.ndarray, source: str) -> Prepared:
         """Preprocesses one decoded item (an image by default)."""
         image = to_rgb_uint8(item, source=source, max_pixels=self.max_pixels)

@@ -172,6 +172,10 @@ class PtychoPipeline(Pipeline):
     def load(self, source: str | Path) -> Scan:  # type: ignore[override]
         return read_scan(source, self.patch_size)
 
+    def load_items(self, source: str | Path) -> list[np.ndarray]:
+        """Every diffraction pattern of a scan (or the one loose pattern)."""
+        return list(self.load(source).diffraction)
+
     def prepare(self, item: np.ndarray, source: str) -> Prepared:
         """One diffraction amplitude (P, P) -> its feed."""
         data = check_diffraction(item, self.patch_size, source)

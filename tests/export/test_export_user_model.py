@@ -98,7 +98,7 @@ def test_pickled_objects_are_refused(tmp_path, spec_file, capsys):
 
 
 def test_registry_errors_list_known_names():
-    with pytest.raises(UsageError, match="known: .*reid_resnet50"):
+    with pytest.raises(UsageError, match=r"known: .*reid_resnet50"):
         get_model("resnet5O")
     with pytest.raises(UsageError, match="module:function"):
         resolve_factory("no_colon_here")

@@ -193,3 +193,20 @@ def test_bad_scan_inputs_get_clear_messages(tmp_path):
     assert all(isinstance(r, ErrorRecord) for r in results)
     assert "needs scan offsets" in messages[0] and "float32 diffraction amplitudes, got int32" in messages[1]
     assert "finite and >= 0" in messages[2] and "missing ['offsets']" in messages[3]
+
+
+def test_calibration_reads_every_pattern_of_scan_files_and_loose_patterns(tmp_path):
+    from batchforge.calibration.data import load_calibration_data
+
+    artifacts = tiny_ptycho(tmp_path / "artifacts")
+    inputs = tmp_path / "calib"
+    inputs.mkdir()
+    diffraction = RNG.uniform(0, 2, (11, P, P)).astype(np.float32)
+    np.savez(inputs / "a_scan.npz", diffraction=diffraction, offsets=RNG.uniform(0, 9, (11, 2)))
+    np.save(inputs / "b_pattern.npy", diffraction[3] + 1)
+    with open_tiny(artifacts) as pipe:
+        data = load_calibration_data(pipe, inputs, samples=10)
+        every = load_calibration_data(pipe, inputs, samples=64)
+    assert data.count == 10 and every.count == 12
+    np.testing.assert_array_equal(np.stack([f["diffraction"] for f in every.feeds[:11]]), diffraction)
+    np.testing.assert_array_equal(every.feeds[11]["diffraction"], diffraction[3] + 1)

@@ -67,7 +67,7 @@ def test_torch_tensor_is_named_without_importing_torch(runner, monkeypatch):
     fake = types.ModuleType("torch")
     fake.Tensor = type("Tensor", (), {})
     monkeypatch.setitem(sys.modules, "torch", fake)
-    with pytest.raises(InputValidationError, match="torch.Tensor"):
+    with pytest.raises(InputValidationError, match=r"torch\.Tensor"):
         runner.infer({"images": fake.Tensor()})
 
 
