@@ -70,6 +70,30 @@ def nodes_to_keep(model: onnx.ModelProto, peaks: dict[str, float], block: Sequen
     return kept
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turns tensor-valued Constant nodes into initializers, in place; returns how many.
+
+    onnxruntime's converter casts a Constant feeding an FP32-only input (Resize scales) once per
+    consumer under one name, so a Constant shared by two Resizes breaks SSA; initializers are
+    handled correctly.
+    """
+    keep, moved = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and set(attrs) == {"value"} and not node.domain:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attrs["value"].t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
 def convert_to_fp16(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                     data: CalibrationData, block: Sequence[str] = ()) -> dict[str, object]:
     """Writes the FP16 model; returns the report fields (kept nodes, peaks, threshold)."""
@@ -77,6 +101,7 @@ def convert_to_fp16(fp32_path: str | os.PathLike[str], out_path: str | os.PathLi
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = load_model(fp32_path)
+    constants_to_initializers(model)
     peaks = measure_magnitudes(model, data)
     kept = nodes_to_keep(model, peaks, block)
     unnamed = [i for i, n in enumerate(model.graph.node) if not n.name]

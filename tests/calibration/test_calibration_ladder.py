@@ -129,3 +129,26 @@ def test_stale_lower_precision_after_reexport_is_refused(user_tiny_artifacts, tm
     (root / name / "export.json").write_text(json.dumps(record))
     code = main(["parity", name, "--precision", "fp16", "--eval-size", "4", "--output-dir", str(root)])
     assert code == 2
+
+
+def test_fp16_handles_a_constant_shared_by_two_resizes(tmp_path):
+    """onnxruntime's converter alone writes two Casts with one output name here (not SSA)."""
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, 4, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")]
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32))
+    nodes = [helper.make_node("Constant", [], ["scales"], name="c", value=scales),
+             helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "scales"], ["y1"], name="up1", mode="nearest"),
+             helper.make_node("Resize", ["x", "", "scales"], ["y2"], name="up2", mode="nearest")]
+    model = helper.make_model(helper.make_graph(nodes, "shared", [x], outs),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    feed = np.random.default_rng(0).normal(size=(8, 2, 4, 4)).astype(np.float32)
+    convert_to_fp16(tmp_path / "m.onnx", tmp_path / "m16.onnx", data_of(list(feed)))
+    got = ort.InferenceSession(str(tmp_path / "m16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": feed})
+    want = np.repeat(np.repeat(feed, 2, axis=2), 2, axis=3)
+    np.testing.assert_allclose(got[1], want, rtol=1e-3)
+    np.testing.assert_allclose(got[0], np.maximum(want, 0), rtol=1e-3)
