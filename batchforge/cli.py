@@ -210,11 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="batchforge.runtime.infer_config:cmd_validate_config")
 
     p = sub.add_parser("samples", help="write deterministic sample inputs for a family",
-                       description="Synthetic, seeded inputs used by the main job and for calibration.")
-    p.add_argument("family", metavar="FAMILY")
-    p.add_argument("--count", type=int, default=16)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=1000)
+                       description="Synthetic, seeded inputs used by the main job and for calibration: "
+                                   "reid identities in two views (idNNNN_view0/1.png), scenes with objects "
+                                   "or faces, textures with planted defects, animals, ptychography "
+                                   "diffraction patterns (.npy). Same seed, same files.")
+    p.add_argument("family", metavar="FAMILY",
+                   help="reid, detector, facepose, anomaly, keypoints or ptycho")
+    p.add_argument("--count", type=int, default=16, help="how many inputs (default: 16)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created if missing)")
+    p.add_argument("--seed", type=int, default=1000,
+                   help="1000 = run samples (default), 4000 = the calibration seed the main job uses; "
+                        "2000 is the parity evaluation set")
     p.set_defaults(handler="batchforge.export.commands:cmd_samples")
     return parser
 

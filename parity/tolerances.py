@@ -342,7 +342,11 @@ KNOWN_FAILURES: dict[tuple[str, Precision], str] = {
     ("keypoints", FP16): "raw max_rel 1.0e-2 (within tier) flips the argmax between near-tied broad "
                          "peaks of the untrained heatmaps: 139 px worst, median 0.1 px; 37% of joints "
                          "have a second reference peak within 2e-2 of the max. " + _MOBILENET,
-    ("keypoints", INT8): "raw heatmap cosine 0.77 with percentile PTQ. " + _MOBILENET,
+    ("keypoints", INT8): "raw heatmap cosine 0.59-0.77 with percentile PTQ. " + _MOBILENET,
+    ("reid_efficientnet_b3", INT8): "output cosine vs FP32 min 0.903 on the calibration set with 16 nodes "
+                                    "kept FP32 (0.809 all-int8, 0.881 with all 26 depthwise convs FP32): "
+                                    "depthwise + SiLU + squeeze-excite stacks of the untrained network",
+    ("reid_ensemble", INT8): "follows from its reid_efficientnet_b3 member at int8 (weight 0.3)",
 }
 
 

@@ -64,3 +64,23 @@ def detection_artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection") / "artifacts"
     assert main(["export", "detector", "facepose", "--output-dir", str(root)]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def anomaly_artifacts(tmp_path_factory):
+    """The anomaly zoo model, exported once."""
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp("anomaly") / "artifacts"
+    assert main(["export", "anomaly", "--output-dir", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def dense_artifacts(tmp_path_factory):
+    """keypoints and ptycho exported once."""
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp("dense") / "artifacts"
+    assert main(["export", "keypoints", "ptycho", "--output-dir", str(root)]) == 0
+    return root

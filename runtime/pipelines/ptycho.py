@@ -11,10 +11,10 @@ Inputs (``batchforge run ptycho --input DIR``):
 
 Side outputs: with ``save_object`` (default on) the stitched object (complex64 ``.npy``) is
 written as ``<stem>.object.npy`` (a single pattern: ``<stem>.patch.npy``) into
-``object_dir``; the record carries the path in ``object_file`` / ``patch_file``. The pipeline
-does not know where the JSONL goes, so ``object_dir`` defaults to a ``stitched/`` folder
-beside each input file: a sub-folder, so a second ``run`` over the same input folder does not
-pick the outputs up as inputs. Set ``pipeline.object_dir`` to put them elsewhere.
+``object_dir``; the record carries the path in ``object_file`` / ``patch_file``. ``batchforge
+run`` sets it to ``<jsonl stem>.objects/`` beside the JSONL. Left unset (Python API), it is a
+``stitched/`` folder beside each input file: a sub-folder, so a second run over the same input
+folder does not pick the outputs up as inputs.
 """
 
 from __future__ import annotations

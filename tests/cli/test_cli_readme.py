@@ -2,6 +2,7 @@
 
 import os
 import re
+import runpy
 import shlex
 import shutil
 from pathlib import Path
@@ -55,3 +56,29 @@ def test_quick_tour_and_python_api_run(resnet_artifacts, tmp_path, monkeypatch, 
     lines = [line for line in capsys.readouterr().out.splitlines() if "view0.png" in line]
     assert len(lines) == 4 and lines[0].endswith(" 1.0")
     assert os.path.isfile("reports/parity.md")
+
+
+def test_per_family_examples_run(detection_artifacts, anomaly_artifacts, dense_artifacts, tmp_path,
+                                 monkeypatch, capsys):
+    """The README's per-family block, line by line, with its infer_config.json example."""
+    for root in (detection_artifacts, anomaly_artifacts, dense_artifacts):
+        shutil.copytree(root, tmp_path / "artifacts", dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    config = next(b for b in blocks("json") if '"schema_version"' in b)
+    Path("infer_config.json").write_text(config)
+    block = next(b for b in blocks("console") if "run ptycho" in b)
+    ran = []
+    for line in block.splitlines():
+        command = shlex.split(line.split("#")[0].removeprefix("$ "))
+        if command[0] == "python":
+            script = Path(README.parent, command[1])
+            monkeypatch.setattr("sys.argv", [str(script), *command[2:]])
+            with pytest.raises(SystemExit) as done:
+                runpy.run_path(str(script), run_name="__main__")
+            assert done.value.code in (0, None), line
+        else:
+            assert main(command[1:]) == 0, line
+        ran.append(command[1] if command[0] == "batchforge" else "script")
+    assert ran.count("run") == 5 and "validate-config" in ran
+    assert Path("ptycho.objects/demo.object.npy").is_file()
+    assert len(Path("animals.jsonl").read_text().splitlines()) == 8

@@ -17,14 +17,6 @@ from batchforge.runtime.pipelines.anomaly import DefectRegion
 EVAL = ["--eval-size", "6", "--threads", "2"]
 
 
-@pytest.fixture(scope="session")
-def anomaly_artifacts(tmp_path_factory):
-    """The anomaly zoo model, exported once."""
-    root = tmp_path_factory.mktemp("anomaly") / "artifacts"
-    assert main(["export", "anomaly", "--output-dir", str(root)]) == 0
-    return root
-
-
 @pytest.fixture
 def zoo_copy(anomaly_artifacts, tmp_path):
     root = tmp_path / "artifacts"
