@@ -28,8 +28,8 @@ def localise(artifacts: ModelArtifacts, precision: Precision, feeds: Sequence[di
     """
     reference = load_model(artifacts.verified_onnx(Precision.FP32))
     candidate = load_model(artifacts.verified_onnx(precision))
-    batch = stack_feeds(list(feeds[:LOCALISE_ITEMS]))
-    errors = compare_graphs(reference, candidate, [batch])
+    # one item per run: every intermediate tensor of both graphs is held at once
+    errors = compare_graphs(reference, candidate, [stack_feeds([f]) for f in feeds[:LOCALISE_ITEMS]])
     producers = {out: (node.name, node.op_type) for node in reference.graph.node for out in node.output}
 
     def describe(e) -> dict[str, Any]:

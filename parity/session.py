@@ -179,6 +179,11 @@ class ParitySession:
                 parts.setdefault(key, []).append(value)
         return {k: np.concatenate(v) for k, v in parts.items()}
 
+    def release_engines(self, precision: Precision) -> None:
+        """Closes the engine sessions of one precision (their arenas hold GBs at max batch)."""
+        for key in [k for k in self._engine_runs if k[1] == precision.value]:
+            self._engine_runs.pop(key).pipeline.deactivate()
+
     def close(self) -> None:
         for run in self._engine_runs.values():
             run.pipeline.deactivate()

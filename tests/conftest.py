@@ -46,41 +46,33 @@ def user_tiny_artifacts(tmp_path_factory):
     return root / "artifacts", "user_tiny"
 
 
+def _export_zoo(tmp_path_factory, folder: str, *models: str):
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp(folder) / "artifacts"
+    assert main(["export", *models, "--output-dir", str(root)]) == 0
+    return root
+
+
 @pytest.fixture(scope="session")
 def resnet_artifacts(tmp_path_factory):
     """reid_resnet50 from the zoo, exported once for the slow parity tests."""
-    from batchforge.cli import main
-
-    root = tmp_path_factory.mktemp("zoo") / "artifacts"
-    assert main(["export", "reid_resnet50", "--output-dir", str(root)]) == 0
-    return root
+    return _export_zoo(tmp_path_factory, "zoo", "reid_resnet50")
 
 
 @pytest.fixture(scope="session")
 def detection_artifacts(tmp_path_factory):
     """The detector and facepose zoo models, exported once (shared by export and parity tests)."""
-    from batchforge.cli import main
-
-    root = tmp_path_factory.mktemp("detection") / "artifacts"
-    assert main(["export", "detector", "facepose", "--output-dir", str(root)]) == 0
-    return root
+    return _export_zoo(tmp_path_factory, "detection", "detector", "facepose")
 
 
 @pytest.fixture(scope="session")
 def anomaly_artifacts(tmp_path_factory):
     """The anomaly zoo model, exported once."""
-    from batchforge.cli import main
-
-    root = tmp_path_factory.mktemp("anomaly") / "artifacts"
-    assert main(["export", "anomaly", "--output-dir", str(root)]) == 0
-    return root
+    return _export_zoo(tmp_path_factory, "anomaly", "anomaly")
 
 
 @pytest.fixture(scope="session")
 def dense_artifacts(tmp_path_factory):
     """keypoints and ptycho exported once."""
-    from batchforge.cli import main
-
-    root = tmp_path_factory.mktemp("dense") / "artifacts"
-    assert main(["export", "keypoints", "ptycho", "--output-dir", str(root)]) == 0
-    return root
+    return _export_zoo(tmp_path_factory, "dense", "keypoints", "ptycho")

@@ -41,3 +41,16 @@ def test_listed_failure_counts_unless_allowed_and_a_listed_pass_says_so(user_tin
 
     monkeypatch.delitem(tolerances.KNOWN_FAILURES, (name, Precision.FP32))
     assert main([*args, "--allow-known-failures"]) == 1  # unlisted failures are never allowed
+
+
+def test_tolerance_table_and_known_failures_are_well_formed():
+    from batchforge.export.registry import known_names
+
+    for family, table in tolerances.TOLERANCES.items():
+        assert set(table) == set(Precision), family
+        for precision, limits in table.items():
+            for name, limit in limits.items():
+                assert limit.reason.strip() and limit.kind in ("min", "max"), (family, precision, name)
+    zoo = set(known_names())
+    for (model, precision), reason in tolerances.KNOWN_FAILURES.items():
+        assert model in zoo and precision is not Precision.FP32 and len(reason) > 40, model

@@ -23,6 +23,8 @@ CHECK = textwrap.dedent("""
     heavy = sorted(m for m in {heavy!r} if m in sys.modules)
     print(len(names), "modules;", "heavy:", heavy)
     assert not heavy, heavy
+    from batchforge.runtime.post.facepose import REFERENCE_PATH
+    assert REFERENCE_PATH.is_file(), REFERENCE_PATH  # package data is installed
 """)
 
 
