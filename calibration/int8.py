@@ -28,6 +28,7 @@ import onnx
 from batchforge.calibration.activations import compare_graphs, load_model, session
 from batchforge.calibration.data import CalibrationData, FeedReader
 from batchforge.errors import CalibrationError
+from batchforge.parity.metrics import rowwise_cosine
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "entropy", "percentile")
@@ -108,10 +109,7 @@ def output_agreement(reference: onnx.ModelProto, candidate_path: Path, data: Cal
     cosines = []
     for feed in data.batches(8, limit=EVAL_ITEMS):
         for a, b in zip(ref_sess.run(None, feed), cand_sess.run(None, feed)):
-            a2 = a.reshape(a.shape[0], -1).astype(np.float64)
-            b2 = b.reshape(b.shape[0], -1).astype(np.float64)
-            denom = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-            cosines.extend(np.where(denom > 0, np.sum(a2 * b2, axis=1) / np.where(denom > 0, denom, 1), 1.0))
+            cosines.extend(rowwise_cosine(a, b))
     return float(np.min(cosines)), float(np.mean(cosines))
 
 
@@ -152,7 +150,8 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
             steps.append({"excluded": k, **_agreement_dict(output_agreement(reference, path, data))})
 
         attempt(0)
-        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", data) if options.max_excluded else []
+        needed = options.max_excluded > 0 and steps[0]["mean_cosine"] < options.target_cosine
+        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", data) if needed else []
         candidates = [s for s in ranking if s.added_error > 0][: options.max_excluded]
         n = len(candidates)
         schedule = sorted({min(2**i, n) for i in range(n.bit_length() + 1)} - {0})  # 1, 2, 4, ..., n
@@ -175,7 +174,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         "target_cosine": options.target_cosine,
         "user_excluded": list(options.user_excluded),
         "excluded_by_sensitivity": [s.as_dict() for s in candidates[:chosen]],
-        "sensitivity_top": [s.as_dict() for s in ranking[:10]],
+        "sensitivity_top": [s.as_dict() for s in ranking[:10]],  # empty: all-int8 already met the target
         "steps": steps,
         "effect": {"full_int8_min_cosine": steps[0]["min_cosine"], "final_min_cosine": best["min_cosine"],
                    "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from batchforge.errors import BuildError
-from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, atomic_path, read_json
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes to a temp file in the same folder and renames it: complete or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes through ``atomic_path``: complete or absent."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def calibration_sha256(artifacts: ModelArtifacts, precision: Precision) -> str | None:

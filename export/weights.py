@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from batchforge.errors import ArtifactError, IntegrityError, UsageError
-from batchforge.runtime.artifacts import sha256_file
+from batchforge.runtime.artifacts import atomic_path, sha256_file
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -71,13 +71,7 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike[str]) -> str:
     """Saves the module's state dict as safetensors (atomic); returns its sha256."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return sha256_file(path)

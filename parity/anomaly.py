@@ -18,8 +18,6 @@ engine pipeline end to end against the reference module run on the same tiles (c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +41,6 @@ DEFAULT_EVAL = 32
 TILED_IMAGES = 2
 
 
-@lru_cache(maxsize=4)
 def _eval_set(count: int) -> EvalSet:
     samples = labelled_set(count, SEED_EVAL)
     items = tuple(EvalItem(s.name, s.image) for s in samples)
@@ -93,11 +90,6 @@ class AnomalyParity(FamilyParity):
 
     def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
         return _eval_set(size or DEFAULT_EVAL)
-
-    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
-        assert spec.preprocess is not None
-        tensor, geometry = torch_preprocess(item.data, spec.preprocess)
-        return {spec.inputs[0].name: tensor.numpy()}, geometry
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:
         ref_spec = ctx.reference_spec

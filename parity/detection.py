@@ -29,7 +29,6 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 
 from batchforge.errors import ParityError
-from batchforge.export.reference import torch_preprocess
 from batchforge.export.samples import SEED_EVAL, generate
 from batchforge.parity.gate import register_family
 from batchforge.parity.report import Check
@@ -208,11 +207,6 @@ class DetectionParity(FamilyParity):
         count = size or DEFAULT_EVAL_SIZE
         items = tuple(EvalItem(name, image) for name, image in generate(self.family, count, SEED_EVAL))
         return EvalSet(f"{self.family}-{count}", items)
-
-    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
-        assert spec.preprocess is not None
-        tensor, geometry = torch_preprocess(item.data, spec.preprocess)
-        return {spec.inputs[0].name: tensor.numpy()}, geometry
 
     def reference_found(self, ctx: ModelContext) -> list[Found]:
         opts = parse_options(self.options_type, ctx.reference_spec.postprocess, f"{self.family} options")

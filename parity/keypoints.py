@@ -11,14 +11,11 @@ fails the gate. Pixel errors are in original-image pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchforge.export.reference import torch_preprocess
 from batchforge.export.samples import SEED_EVAL
 from batchforge.export.samples.keypoints import sample_images
 from batchforge.parity.gate import register_family
@@ -32,7 +29,6 @@ from batchforge.runtime.spec import ModelSpec, parse_options
 DEFAULT_EVAL = 32
 
 
-@lru_cache(maxsize=4)
 def _eval_set(count: int) -> EvalSet:
     items = tuple(EvalItem(name, image) for name, image in sample_images(count, SEED_EVAL))
     return EvalSet(f"keypoints-{count}", items)
@@ -102,11 +98,6 @@ class KeypointsParity(FamilyParity):
 
     def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
         return _eval_set(size or DEFAULT_EVAL)
-
-    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
-        assert spec.preprocess is not None
-        tensor, geometry = torch_preprocess(item.data, spec.preprocess)
-        return {spec.inputs[0].name: tensor.numpy()}, geometry
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:
         spec = ctx.reference_spec

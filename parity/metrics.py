@@ -37,9 +37,12 @@ def compare_arrays(reference: np.ndarray, actual: np.ndarray) -> tuple[float, fl
 
 
 def rowwise_cosine(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows of two (N, D) arrays (float64)."""
+    """Cosine similarity of matching rows of two (N, ...) arrays (float64); 1 for two zero rows,
+    0 for a zero row against a non-zero one."""
     ref = reference.reshape(reference.shape[0], -1).astype(np.float64)
     act = actual.reshape(actual.shape[0], -1).astype(np.float64)
-    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(act, axis=1)
+    ref_norm, act_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(act, axis=1)
+    denom = ref_norm * act_norm
     dots = np.sum(ref * act, axis=1)
-    return np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 1.0)
+    # a zero row agrees only with a zero row (an engine that outputs zeros must not pass)
+    return np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), (ref_norm == act_norm).astype(np.float64))

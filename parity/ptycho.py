@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,6 @@ from batchforge.runtime.spec import ModelSpec, parse_options
 DEFAULT_GRID = 12  # 144 patterns
 
 
-@lru_cache(maxsize=4)
 def _eval_set(grid: int) -> EvalSet:
     scan = simulate_scan(SEED_EVAL, grid=grid)
     items = tuple(EvalItem(f"scan/p{i:04d}", pattern) for i, pattern in enumerate(scan.diffraction))

@@ -8,14 +8,12 @@ gallery (first views); query i's true match is gallery item i.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchforge.export.reference import torch_preprocess
 from batchforge.export.registry import get_ensemble
 from batchforge.export.samples import SEED_EVAL
 from batchforge.export.samples.reid import retrieval_set
@@ -35,7 +33,6 @@ TOP_K = 5
 ENSEMBLE_PIPELINE_ITEMS = 8
 
 
-@lru_cache(maxsize=4)
 def _eval_set(n_query: int, n_gallery: int) -> EvalSet:
     data = retrieval_set(n_query, n_gallery, SEED_EVAL)
     items = [EvalItem(f"query/{label}", img) for label, img in zip(data.query_labels, data.queries)]
@@ -65,11 +62,6 @@ class ReidParity(FamilyParity):
     def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
         n_query = size or DEFAULT_QUERIES
         return _eval_set(n_query, max(n_query, DEFAULT_GALLERY * n_query // DEFAULT_QUERIES))
-
-    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
-        assert spec.preprocess is not None
-        tensor, geometry = torch_preprocess(item.data, spec.preprocess)
-        return {spec.inputs[0].name: tensor.numpy()}, geometry
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:
         output = ctx.spec.outputs[0]

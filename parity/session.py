@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from batchforge.errors import ArtifactError
-from batchforge.export.reference import TorchRunner, load_reference
+from batchforge.export.reference import TorchRunner, load_reference, torch_preprocess
 from batchforge.export.registry import ZOO, load_zoo
 from batchforge.progress import progress
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
@@ -72,9 +72,12 @@ class FamilyParity(abc.ABC):
     def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
         """The deterministic evaluation set (``size`` overrides the default count)."""
 
-    @abc.abstractmethod
     def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
-        """(feed without batch dim, meta) built with torch-side preprocessing."""
+        """(feed without batch dim, meta) built with torch-side preprocessing: by default the
+        image families' (the meta is the letterbox/resize Geometry)."""
+        assert spec.preprocess is not None, f"{spec.name}: image families need a preprocess spec"
+        tensor, geometry = torch_preprocess(item.data, spec.preprocess)
+        return {spec.inputs[0].name: tensor.numpy()}, geometry
 
     @abc.abstractmethod
     def task_checks(self, ctx: ModelContext) -> list[Any]:
@@ -113,7 +116,7 @@ class ParitySession:
         self._modules: dict[str, torch.nn.Module] = {}
         self._reference_runs: dict[tuple[str, str], ReferenceRun] = {}
         self._engine_runs: dict[tuple[str, str, str], EngineRun] = {}
-        self._eval_sets: dict[tuple[str, str], EvalSet] = {}
+        self._eval_sets: dict[str, EvalSet] = {}
 
     def artifacts(self, name: str) -> ModelArtifacts:
         return ModelArtifacts.at(self.output_dir, name)
@@ -131,10 +134,11 @@ class ParitySession:
                           "wrong preprocessing config there cannot be detected")
 
     def eval_set(self, family: FamilyParity, spec: ModelSpec) -> EvalSet:
-        key = (family.family, spec.name)
-        if key not in self._eval_sets:
-            self._eval_sets[key] = family.eval_set(spec, self.eval_size)
-        return self._eval_sets[key]
+        """One set per family per run: it depends on the family and ``--eval-size`` only, so the
+        reid members and their ensemble (and every precision) share theirs."""
+        if family.family not in self._eval_sets:
+            self._eval_sets[family.family] = family.eval_set(spec, self.eval_size)
+        return self._eval_sets[family.family]
 
     def module(self, name: str) -> torch.nn.Module:
         if name not in self._modules:

@@ -57,11 +57,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              backend=backend, threads=args.threads, gallery=args.gallery,
                              overrides=overrides or None, max_pixels=args.max_pixels)
     sources = _sources(args.input, pipeline.input_suffixes)
-    from batchforge.runtime.pipelines.ptycho import PtychoPipeline
-
-    if isinstance(pipeline, PtychoPipeline) and pipeline.object_dir is None:  # side outputs go with the JSONL
-        pipeline.object_dir = Path(args.output).parent / f"{Path(args.output).stem}.objects"
-        print(f"{args.model}: stitched objects and patches -> {pipeline.object_dir}/", file=sys.stderr)
+    side_outputs = pipeline.place_side_outputs(Path(args.output))
+    if side_outputs is not None:
+        print(f"{args.model}: side outputs -> {side_outputs}/", file=sys.stderr)
     errors = 0
     start = time.perf_counter()
     with pipeline, JsonlWriter(args.output) as writer:

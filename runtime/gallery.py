@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from batchforge.errors import ArtifactError, InputValidationError
+from batchforge.runtime.artifacts import atomic_path
 from batchforge.runtime.post.common import l2_normalize
 
 
@@ -36,16 +36,9 @@ class Gallery:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the gallery atomically (no pickled objects inside)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:  # np.savez appends .npz to other names
             np.savez(tmp, embeddings=self.embeddings, labels=np.asarray(self.labels, dtype=str),
                      model=np.asarray(self.model))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: str, dim: int | None = None) -> Gallery:

@@ -89,6 +89,11 @@ class Pipeline(abc.ABC):
         """Reads one input file (images by default)."""
         return read_image(source, max_pixels=self.max_pixels)
 
+    def place_side_outputs(self, results_path: Path) -> Path | None:
+        """Puts files a run writes besides its results beside ``results_path``; returns the
+        folder, or None for families that write none."""
+        return None
+
     def load_items(self, source: str | Path) -> list[np.ndarray]:
         """The model items one input file holds (one image by default; a scan holds many)."""
         return [self.load(source)]

@@ -12,7 +12,7 @@ Inputs (``batchforge run ptycho --input DIR``):
 Side outputs: with ``save_object`` (default on) the stitched object (complex64 ``.npy``) is
 written as ``<stem>.object.npy`` (a single pattern: ``<stem>.patch.npy``) into
 ``object_dir``; the record carries the path in ``object_file`` / ``patch_file``. ``batchforge
-run`` sets it to ``<jsonl stem>.objects/`` beside the JSONL. Left unset (Python API), it is a
+run`` sets it to ``<jsonl stem>.objects/`` beside the JSONL (``place_side_outputs``). Left unset (Python API), it is a
 ``stitched/`` folder beside each input file: a sub-folder, so a second run over the same input
 folder does not pick the outputs up as inputs.
 """
@@ -171,6 +171,12 @@ class PtychoPipeline(Pipeline):
 
     def load(self, source: str | Path) -> Scan:  # type: ignore[override]
         return read_scan(source, self.patch_size)
+
+    def place_side_outputs(self, results_path: Path) -> Path | None:
+        """Stitched objects and patches go to ``<results stem>.objects/`` unless set already."""
+        if self.object_dir is None:
+            self.object_dir = results_path.parent / f"{results_path.stem}.objects"
+        return self.object_dir
 
     def load_items(self, source: str | Path) -> list[np.ndarray]:
         """Every diffraction pattern of a scan (or the one loose pattern)."""

@@ -152,3 +152,34 @@ def test_fp16_handles_a_constant_shared_by_two_resizes(tmp_path):
     want = np.repeat(np.repeat(feed, 2, axis=2), 2, axis=3)
     np.testing.assert_allclose(got[1], want, rtol=1e-3)
     np.testing.assert_allclose(got[0], np.maximum(want, 0), rtol=1e-3)
+
+
+def test_sensitivity_pass_keeps_the_node_int8_hurts_most_in_fp32(tmp_path):
+    """x has one outlier column that the first MatMul ignores: int8 on x (one scale for the
+    outlier) wipes out the columns it uses; the second MatMul quantizes harmlessly."""
+    from batchforge.calibration.int8 import Int8Options, calibrate_int8
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(16, 16)).astype(np.float32)
+    w1[15] = 0.0  # the outlier column does not reach the output
+    w2 = rng.normal(size=(16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fragile"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="robust")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    items = rng.normal(size=(32, 16)).astype(np.float32) * 0.05
+    items[:, 15] = 1000.0
+    report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", data_of(list(items)),
+                            Int8Options(method="minmax", target_cosine=0.9999, max_excluded=2))
+    assert report["sensitivity_top"][0]["node"] == "fragile"
+    assert [s["node"] for s in report["excluded_by_sensitivity"]] == ["fragile"]
+    assert report["effect"]["full_int8_min_cosine"] < 0.9 < 0.999 < report["effect"]["final_min_cosine"]
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    dq_inputs = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
+    assert "x" not in dq_inputs and "r" in dq_inputs  # fragile runs on FP32 input, robust on int8

@@ -54,3 +54,21 @@ def test_tolerance_table_and_known_failures_are_well_formed():
     zoo = set(known_names())
     for (model, precision), reason in tolerances.KNOWN_FAILURES.items():
         assert model in zoo and precision is not Precision.FP32 and len(reason) > 40, model
+
+
+def test_ensembles_are_looked_up_in_known_failures_too(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from batchforge.parity import gate
+    from batchforge.parity.report import Check
+    from batchforge.parity.tolerances import at_least
+
+    failing = Check("fused_embedding_cosine", 0.5, at_least(0.98, "test"))
+    family = SimpleNamespace(ensemble_checks=lambda session, ensemble, precision: ([failing], []))
+    monkeypatch.setattr(gate, "ensemble_spec", lambda output_dir, name: SimpleNamespace(family="reid"))
+    monkeypatch.setattr(gate, "family_for", lambda name: family)
+    session = SimpleNamespace(output_dir=tmp_path, backend="onnxruntime")
+    monkeypatch.setitem(tolerances.KNOWN_FAILURES, ("my_ensemble", Precision.INT8), "listed by this test")
+    report = gate.check_model(session, "my_ensemble", Precision.INT8)
+    assert report.status == "KNOWN FAILURE" and report.known_failure == "listed by this test"
+    assert gate.exit_code([report]) == 1 and gate.exit_code([report], allow_known_failures=True) == 0
