@@ -1,8 +1,8 @@
 """Every intermediate tensor of an ONNX graph, exposed as extra outputs on ONNX Runtime.
 
-Used three ways: FP16 conversion measures activation magnitudes, INT8 calibration measures how
-much error each quantized node adds, and parity localises a lower-precision failure to the first
-tensor (in graph order) whose error against the FP32 graph is past tolerance.
+Used two ways: FP16 conversion measures activation magnitudes, and parity localises a
+lower-precision failure to the first tensor (in graph order) whose error against the FP32 graph
+is past tolerance. ``session`` also serves INT8 calibration.
 """
 
 from __future__ import annotations
@@ -50,13 +50,16 @@ def with_intermediate_outputs(model: onnx.ModelProto, names: Iterable[str]) -> o
     return augmented
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
-    """A CPU InferenceSession on an in-memory model (graph optimisations off so that every
-    named tensor is computed as written)."""
+def session(model: onnx.ModelProto, threads: int = 0, *, optimized: bool = False):
+    """A CPU InferenceSession on an in-memory model. Graph optimisations are off so that every
+    named tensor is computed as written; ``optimized`` (when only the graph outputs are read)
+    turns on the basic level, which folds constants but never fuses Q/DQ into int8 kernels (see
+    ``runtime.loading.cpu_graph_optimization`` for why)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimized
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # every tensor is an output here: nothing to reuse
     if threads:

@@ -154,12 +154,9 @@ def test_fp16_handles_a_constant_shared_by_two_resizes(tmp_path):
     np.testing.assert_allclose(got[0], np.maximum(want, 0), rtol=1e-3)
 
 
-def test_sensitivity_pass_keeps_the_node_int8_hurts_most_in_fp32(tmp_path):
-    """x has one outlier column that the first MatMul ignores: int8 on x (one scale for the
-    outlier) wipes out the columns it uses; the second MatMul quantizes harmlessly."""
-    from batchforge.calibration.int8 import Int8Options, calibrate_int8
-
-    rng = np.random.default_rng(0)
+def _fragile_model(rng, path):
+    """x has one outlier column that MatMul "fragile" ignores: int8 on x (one scale for the
+    outlier) wipes out the columns it uses; MatMul "robust" quantizes harmlessly."""
     w1 = rng.normal(size=(16, 16)).astype(np.float32)
     w1[15] = 0.0  # the outlier column does not reach the output
     w2 = rng.normal(size=(16, 8)).astype(np.float32)
@@ -172,9 +169,19 @@ def test_sensitivity_pass_keeps_the_node_int8_hurts_most_in_fp32(tmp_path):
         initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    onnx.save(model, str(tmp_path / "m.onnx"))
+    onnx.save(model, str(path))
     items = rng.normal(size=(32, 16)).astype(np.float32) * 0.05
     items[:, 15] = 1000.0
+    return model, items
+
+
+def test_sensitivity_pass_keeps_the_node_int8_hurts_most_in_fp32(tmp_path):
+    """x has one outlier column that the first MatMul ignores: int8 on x (one scale for the
+    outlier) wipes out the columns it uses; the second MatMul quantizes harmlessly."""
+    from batchforge.calibration.int8 import Int8Options, calibrate_int8
+
+    rng = np.random.default_rng(0)
+    _, items = _fragile_model(rng, tmp_path / "m.onnx")
     report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", data_of(list(items)),
                             Int8Options(method="minmax", target_cosine=0.9999, max_excluded=2))
     assert report["sensitivity_top"][0]["node"] == "fragile"
@@ -183,3 +190,27 @@ def test_sensitivity_pass_keeps_the_node_int8_hurts_most_in_fp32(tmp_path):
     quantized = onnx.load(str(tmp_path / "q.onnx"))
     dq_inputs = {n.input[0] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
     assert "x" not in dq_inputs and "r" in dq_inputs  # fragile runs on FP32 input, robust on int8
+
+
+def test_switchable_model_computes_fp32_when_off_and_one_node_int8_when_on(tmp_path):
+    """The sensitivity pass's switch: all zeros must be the FP32 graph exactly; a one-hot switch
+    must quantize that node alone (here the fragile MatMul, whose int8 input loses its signal)."""
+    import onnxruntime as ort
+
+    from batchforge.calibration.int8 import SWITCH, _quantize, switchable_model
+
+    rng = np.random.default_rng(1)
+    model, items = _fragile_model(rng, tmp_path / "m.onnx")
+    _quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", data_of(list(items)), [], "minmax", tmp_path / "c.json")
+    switched, nodes = switchable_model(model, onnx.load(str(tmp_path / "q.onnx")))
+    assert [n.name for n in nodes] == ["fragile", "robust"]
+    sess = ort.InferenceSession(switched.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": items})[0]
+
+    def run(switch):
+        return sess.run(None, {"x": items, SWITCH: np.array(switch, np.float32)})[0]
+
+    np.testing.assert_array_equal(run([0, 0]), want)
+    fragile, robust = run([1, 0]), run([0, 1])
+    assert np.abs(fragile - want).max() > 0.5 * np.abs(want).max()  # the small columns round to zero
+    np.testing.assert_allclose(robust, want, rtol=0.05, atol=0.05 * np.abs(want).max())
