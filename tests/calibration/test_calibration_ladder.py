@@ -205,7 +205,8 @@ def test_switchable_model_computes_fp32_when_off_and_one_node_int8_when_on(tmp_p
     switched, nodes = switchable_model(model, onnx.load(str(tmp_path / "q.onnx")))
     assert [n.name for n in nodes] == ["fragile", "robust"]
     sess = ort.InferenceSession(switched.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": items})[0]
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = plain.run(None, {"x": items})[0]
 
     def run(switch):
         return sess.run(None, {"x": items, SWITCH: np.array(switch, np.float32)})[0]
