@@ -110,13 +110,19 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def output_agreement(reference: onnx.ModelProto, candidate_path: Path, data: CalibrationData) -> tuple[float, float]:
+Outputs = list[tuple[dict[str, np.ndarray], list[np.ndarray]]]  # (feed, FP32 outputs) per batch
+
+
+def reference_outputs(reference: onnx.ModelProto, data: CalibrationData) -> Outputs:
+    """The FP32 graph's outputs on the agreement items, computed once per calibration."""
+    sess = session(reference)
+    return [(feed, sess.run(None, feed)) for feed in data.batches(8, limit=EVAL_ITEMS)]
+
+
+def output_agreement(expected: Outputs, candidate_path: Path) -> tuple[float, float]:
     """(min, mean) cosine between FP32 and candidate outputs per item, over all outputs."""
-    ref_sess = session(reference)
     cand_sess = session(load_model(candidate_path))
-    cosines = []
-    for feed in data.batches(8, limit=EVAL_ITEMS):
-        cosines.extend(_output_cosines(ref_sess.run(None, feed), cand_sess.run(None, feed)))
+    cosines = [c for feed, want in expected for c in _output_cosines(want, cand_sess.run(None, feed))]
     return float(np.min(cosines)), float(np.mean(cosines))
 
 
@@ -173,7 +179,7 @@ def switchable_model(reference: onnx.ModelProto,
                 mixed_inputs[position] = mixed
             node = onnx.NodeProto()
             node.CopyFrom(switchable[-1])
-            del node.input[:]
+            node.ClearField("input")
             node.input.extend(mixed_inputs)
         nodes.append(node)
     have = {t.name for t in out.graph.initializer}
@@ -215,12 +221,13 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         cache = Path(tmp) / "ranges.json"
         steps: list[dict[str, float]] = []
         candidates: list[NodeSensitivity] = []
+        expected = reference_outputs(reference, data)
 
         def attempt(k: int) -> None:
             path = Path(tmp) / f"excluded{k}.onnx"
             excluded = [*options.user_excluded, *(s.node for s in candidates[:k])]
             _quantize(fp32_path, path, data, excluded, options.method, cache)
-            steps.append({"excluded": k, **_agreement_dict(output_agreement(reference, path, data))})
+            steps.append({"excluded": k, **_agreement_dict(output_agreement(expected, path))})
 
         attempt(0)
         needed = options.max_excluded > 0 and steps[0]["mean_cosine"] < options.target_cosine

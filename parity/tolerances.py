@@ -81,8 +81,9 @@ _BOXES: dict[Precision, dict[str, Limit]] = {
     INT8: {
         "raw_cosine": at_least(0.98, SPEC),
         "raw_max_rel": at_most(0.25, "per-tensor int8 activations (as reid). Measured with PTQ "
-                                     "(percentile, 32 images): raw score cosine 0.84 (detector), "
-                                     "0.94 (facepose) -- int8 fails here (KNOWN_FAILURES), not loosened"),
+                                     "(percentile, 32 images, 16 convs FP32): max_rel 0.51 (detector "
+                                     "scores), 0.53 (facepose boxes) at raw cosine 0.990 / 0.987 -- "
+                                     "int8 fails here (KNOWN_FAILURES), not loosened"),
         "matched_iou": at_least(0.9, SPEC),
         "score_abs": at_most(0.05, SPEC),
         "anchor_agreement": at_least(0.7, "starting tier: int8 score noise (5e-2) reorders near-tied "
