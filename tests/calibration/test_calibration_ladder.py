@@ -215,3 +215,28 @@ def test_switchable_model_computes_fp32_when_off_and_one_node_int8_when_on(tmp_p
     fragile, robust = run([1, 0]), run([0, 1])
     assert np.abs(fragile - want).max() > 0.5 * np.abs(want).max()  # the small columns round to zero
     np.testing.assert_allclose(robust, want, rtol=0.05, atol=0.05 * np.abs(want).max())
+
+
+def _input_scale(path) -> float:
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return next(float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+
+
+def test_entropy_clips_rare_outliers_that_minmax_keeps(tmp_path):
+    """--method entropy must be entropy: with quantize_static's 128-bin default it was MinMax
+    under another name. On a bell-shaped input with a few outliers at 40 sigma, the KL threshold
+    sits near the bulk of the values, the MinMax one on the outlier."""
+    from batchforge.calibration.int8 import _quantize
+
+    rng = np.random.default_rng(2)
+    _fragile_model(rng, tmp_path / "m.onnx")  # its graph; the items are drawn below
+    items = rng.normal(size=(256, 16)).astype(np.float32)
+    items[::64, 3] = 40.0  # 4 of 4096 values
+    data = data_of(list(items))
+    _quantize(tmp_path / "m.onnx", tmp_path / "mm.onnx", data, [], "minmax", tmp_path / "mm.json")
+    _quantize(tmp_path / "m.onnx", tmp_path / "en.onnx", data, [], "entropy", tmp_path / "en.json")
+    minmax, entropy = _input_scale(tmp_path / "mm.onnx"), _input_scale(tmp_path / "en.onnx")
+    assert minmax == pytest.approx(40.0 / 127, rel=1e-3)
+    assert entropy < 0.25 * minmax
