@@ -93,7 +93,8 @@ def _raw_session(runner: Any) -> Any:
     opts = runner.options
     return ort.InferenceSession(runner.model, sess_options=session_options(ort, opts),
                                 providers=list(opts.providers),
-                                provider_options=[dict(p) for p in opts.provider_options] or None)
+                                provider_options=[dict(p) for p in opts.provider_options] or None,
+                                disabled_optimizers=list(opts.disabled_optimizers) or None)
 
 
 def _torch_module(artifacts: ModelArtifacts, threads: int) -> Any:

@@ -33,7 +33,8 @@ GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 class OrtOptions:
     """Session options. ``providers`` are tried in order; each may carry an options dict.
 
-    ``intra_op_threads=0`` lets ONNX Runtime choose (all cores).
+    ``intra_op_threads=0`` lets ONNX Runtime choose (all cores). ``disabled_optimizers`` names
+    ONNX Runtime graph transformers to leave out (e.g. ``NchwcTransformer``).
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -43,6 +44,7 @@ class OrtOptions:
     graph_optimization: str = "all"
     optimized_model_path: str | None = None
     extra_outputs: tuple[str, ...] = field(default=())
+    disabled_optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_LEVELS:
@@ -122,6 +124,7 @@ class OnnxRuntimeRunner(Runner):
             sess_options=session_options(ort, self.options),
             providers=list(self.options.providers),
             provider_options=provider_options,
+            disabled_optimizers=list(self.options.disabled_optimizers) or None,
         )
         self._outputs = tuple(o.name for o in self.session.get_outputs())
 

@@ -240,3 +240,32 @@ def test_entropy_clips_rare_outliers_that_minmax_keeps(tmp_path):
     minmax, entropy = _input_scale(tmp_path / "mm.onnx"), _input_scale(tmp_path / "en.onnx")
     assert minmax == pytest.approx(40.0 / 127, rel=1e-3)
     assert entropy < 0.25 * minmax
+
+
+def test_plain_fp16_model_on_cpu_loads_without_the_nchwc_transformer(user_tiny_artifacts, tmp_path):
+    """ONNX Runtime 1.31/1.32 segfault when the NCHWc transformer meets the converted FP16
+    ViT-B/16 (reproduced: `batchforge run reid_vit_b_16 --precision fp16` exited 139). A plain FP16
+    model on the CPU is opened without it; a `build` artifact (optimised offline first) and the
+    other precisions keep the full level."""
+    from batchforge.runtime.loading import open_runner
+
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    assert main(["convert", name, "--allow-synthetic", "--samples", "8", "--output-dir", str(root)]) == 0
+    artifacts = ModelArtifacts.at(root, name)
+
+    def opened(precision):
+        runner = open_runner(artifacts, precision=precision, backend="onnxruntime-cpu", threads=1)
+        with runner:  # the session must load and run with the options chosen
+            feed = {t.name: np.zeros((1, *map(int, t.item_shape)), t.dtype) for t in artifacts.spec().inputs}
+            assert runner.infer(feed)
+        return runner
+
+    plain = opened("fp16")
+    assert plain.options.disabled_optimizers == ("NchwcTransformer",)
+    assert plain.options.graph_optimization == "all" and ":built" not in plain.name
+    assert opened("fp32").options.disabled_optimizers == ()
+    assert main(["build", name, "--precision", "fp16", "--backend", "onnxruntime", "--output-dir", str(root)]) == 0
+    built = opened("fp16")
+    assert ":built" in built.name and built.options.disabled_optimizers == ()
