@@ -25,7 +25,7 @@ from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
 from batchforge.runtime.backends import Backend
 from batchforge.runtime.loading import cpu_graph_optimization, ort_provider_setup
 from batchforge.runtime.manifest import OrtEngineManifest, offline_level, write_manifest
-from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, session_options
+from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, inference_session
 
 
 def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
@@ -57,8 +57,7 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
                          graph_optimization=level, optimized_model_path=str(scratch))
     start = time.perf_counter()
     try:
-        ort.InferenceSession(str(source), sess_options=session_options(ort, options),
-                             providers=list(providers), provider_options=[dict(o) for o in provider_options])
+        inference_session(ort, str(source), options)
     except Exception as exc:  # ONNX Runtime raises its own exception types
         scratch.unlink(missing_ok=True)
         raise BuildError(f"ONNX Runtime could not optimise {source.name}: {exc}") from None

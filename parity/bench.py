@@ -88,13 +88,9 @@ def bench(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, 
 def _raw_session(runner: Any) -> Any:
     import onnxruntime as ort
 
-    from batchforge.runtime.runners.onnxruntime import session_options
+    from batchforge.runtime.runners.onnxruntime import inference_session
 
-    opts = runner.options
-    return ort.InferenceSession(runner.model, sess_options=session_options(ort, opts),
-                                providers=list(opts.providers),
-                                provider_options=[dict(p) for p in opts.provider_options] or None,
-                                disabled_optimizers=list(opts.disabled_optimizers) or None)
+    return inference_session(ort, runner.model, runner.options)
 
 
 def _torch_module(artifacts: ModelArtifacts, threads: int) -> Any:

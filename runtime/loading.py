@@ -57,15 +57,15 @@ def cpu_graph_optimization(precision: Precision, backend: Backend) -> str:
     return "all"
 
 
-def plain_model_workarounds(precision: Precision, backend: Backend, level: str) -> tuple[str, ...]:
-    """ONNX Runtime transformers to leave out when a plain (not `build`-optimised) model is loaded.
+def disabled_optimizers(precision: Precision, backend: Backend, level: str, *, built: bool) -> tuple[str, ...]:
+    """ONNX Runtime transformers to leave out when a model is loaded at ``level``.
 
     ONNX Runtime 1.31.1 and 1.32.0 crash (SIGSEGV in session creation) when the NCHWc layout
     transformer of level "all" runs on the FP16 ViT-B/16 model as converted here; every other zoo
     model and precision loads. The `build` artifact is optimised offline at "extended" first, and
     loading that at "all" does not crash, so this applies only to plain FP16 models on the CPU.
     """
-    if precision is Precision.FP16 and backend is Backend.ONNXRUNTIME_CPU and level == "all":
+    if not built and precision is Precision.FP16 and backend is Backend.ONNXRUNTIME_CPU and level == "all":
         return ("NchwcTransformer",)
     return ()
 
@@ -104,7 +104,8 @@ def open_runner(
                               graph_optimization=offline_level(level))
     options = OrtOptions(providers=providers, provider_options=provider_options,
                          intra_op_threads=threads, graph_optimization=level,
-                         disabled_optimizers=() if built else plain_model_workarounds(precision, concrete, level))
+                         disabled_optimizers=disabled_optimizers(precision, concrete, level,
+                                                                 built=built is not None))
     return OnnxRuntimeRunner(built or path, profile=spec.profile, options=options,
                              name=f"{spec.name}:{precision.value}:{concrete.value}"
                                   + (":built" if built else ""))

@@ -116,10 +116,9 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
     details = []  # failing checks, listed under the table so the columns stay aligned
     for r in parity["reports"]:
         failing = [c["name"] for c in r["checks"] if not c["passed"]]
-        known = r["status"] == "KNOWN FAILURE"
-        cell = "pass" if r["status"] == "passed" else ("known" if known else "FAIL")
+        cell = "pass" if r["status"] == "passed" else ("known" if r["status"] == "KNOWN FAILURE" else "FAIL")
         by_model.setdefault(r["model"], {})[r["precision"]] = cell
-        if failing or r["status"] != "passed":
+        if cell != "pass":
             details.append(f"  {cell:5} {r['model']} [{r['precision']}]: "
                            + (", ".join(failing) or r["status"]))
     precisions = list(dict.fromkeys(r["precision"] for r in parity["reports"]))

@@ -88,6 +88,17 @@ def session_options(ort: Any, options: OrtOptions) -> Any:
     return so
 
 
+def inference_session(ort: Any, model: str | bytes, options: OrtOptions) -> Any:
+    """``onnxruntime.InferenceSession`` for a model path or bytes with every field of OrtOptions."""
+    return ort.InferenceSession(
+        model,
+        sess_options=session_options(ort, options),
+        providers=list(options.providers),
+        provider_options=[dict(p) for p in options.provider_options] or None,
+        disabled_optimizers=list(options.disabled_optimizers) or None,
+    )
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX model (path or bytes) with an ``onnxruntime.InferenceSession``."""
 
@@ -118,14 +129,7 @@ class OnnxRuntimeRunner(Runner):
                 f"{ort.__version__} has {available}",
                 hint="install onnxruntime-gpu (`pip install 'batchforge[gpu]'`) on a CUDA machine",
             )
-        provider_options = [dict(p) for p in self.options.provider_options] or None
-        self.session = ort.InferenceSession(
-            self.model,
-            sess_options=session_options(ort, self.options),
-            providers=list(self.options.providers),
-            provider_options=provider_options,
-            disabled_optimizers=list(self.options.disabled_optimizers) or None,
-        )
+        self.session = inference_session(ort, self.model, self.options)
         self._outputs = tuple(o.name for o in self.session.get_outputs())
 
     @property
