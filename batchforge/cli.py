@@ -203,8 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler="batchforge.export.inspect:cmd_inspect")
 
-    p = sub.add_parser("doctor", help="backends found; GPU/driver/CUDA/TensorRT/ONNX Runtime versions")
+    p = sub.add_parser("doctor", help="backends found; GPU/driver/CUDA/TensorRT/ONNX Runtime versions; lock drift",
+                       description="Reports Python, package versions, ONNX Runtime providers, CUDA devices and "
+                                   "driver, which backends can run, and every installed package that differs "
+                                   "from the tested lock (the checkout's constraints.txt). Exit 0 unless "
+                                   "--strict-lock finds drift (exit 1).")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--lock", metavar="FILE", help="a pip constraints file of name==version pins to compare "
+                                                   "against (default: constraints.txt of the checkout)")
+    p.add_argument("--strict-lock", action="store_true", help="exit 1 when an installed package differs "
+                                                              "from the lock")
     p.set_defaults(handler="batchforge.runtime.commands:cmd_doctor")
 
     p = sub.add_parser("validate-config", help="check an anomaly infer_config.json; print every problem")

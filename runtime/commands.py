@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from batchforge.errors import InputValidationError, UsageError
+from batchforge.lock import default_lock, drift, read_lock
 from batchforge.progress import progress
 from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
 from batchforge.runtime.gallery import Gallery
@@ -174,9 +175,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         info["auto_backend"] = resolve_backend("auto").value
     except Exception as exc:  # doctor reports, never fails on a missing backend
         info["auto_backend"] = f"none ({exc})"
+    info["lock"] = _lock_report(args.lock)
+    code = 1 if args.strict_lock and info["lock"].get("drift") else 0
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return code
     print(f"python {info['python']} on {info['platform']}")
     for dist, version in info["packages"].items():
         print(f"  {dist:24} {version}")
@@ -197,4 +200,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, status in info["backends"].items():
         print(f"  {name:18} {'yes' if status['available'] else 'no ':3}  {status['detail']}")
     print(f"--backend auto resolves to: {info['auto_backend']}")
-    return 0
+    lock = info["lock"]
+    if lock["path"] is None:
+        print("lock: none found (a checkout's constraints.txt, or --lock FILE)")
+    elif lock["drift"]:
+        print(f"lock {lock['path']}: {len(lock['drift'])} of {lock['pinned']} pinned packages differ: "
+              + "; ".join(lock["drift"]) + " (scripts/setup_venv.sh re-installs from the lock; "
+              "scripts/update_lock.sh re-locks after a deliberate upgrade)")
+    else:
+        print(f"lock {lock['path']}: all {lock['pinned']} pinned packages match")
+    return code
+
+
+def _lock_report(path: str | None) -> dict[str, object]:
+    """Where the installed set differs from the tested lock (constraints.txt)."""
+    lock_path = Path(path) if path else default_lock()
+    if lock_path is None:
+        return {"path": None, "pinned": 0, "drift": []}
+    pins = read_lock(lock_path)
+    return {"path": str(lock_path), "pinned": len(pins), "drift": [d.describe() for d in drift(pins)]}

@@ -147,3 +147,39 @@ def test_every_parser_handler_resolves():
     for name, p in sub.choices.items():
         module, _, attr = p.get_default("handler").partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_the_venv_was_set_up_from_the_tested_lock():
+    """scripts/setup_venv.sh installs with `pip -c constraints.txt`: every pin is what is installed."""
+    import tomllib
+
+    from batchforge.lock import default_lock, drift, read_lock
+
+    lock = default_lock()
+    assert lock is not None and lock.name == "constraints.txt"
+    pins = read_lock(lock)
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    assert {"numpy", "onnxruntime", "opencv-python-headless", "onnx", "scipy"} <= set(pins)
+    exported = tomllib.loads((lock.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "torch==2.14.1" in exported["export"]  # the lock and pyproject agree on the exact pins
+    assert [d.describe() for d in drift(pins)] == []
+
+
+def test_doctor_names_a_package_that_drifted_from_the_lock(tmp_path, capsys):
+    from importlib.metadata import version
+
+    lock = tmp_path / "constraints.txt"
+    lock.write_text(f"# a lock\nnumpy==0.0.1\nonnxruntime=={version('onnxruntime')}\nno-such-dist==1.0\n")
+    assert main(["doctor", "--lock", str(lock)]) == 0  # doctor reports; it does not fail by default
+    out = capsys.readouterr().out
+    assert f"2 of 3 pinned packages differ: no-such-dist not installed (lock 1.0); numpy {version('numpy')} " \
+           "(lock 0.0.1)" in out
+    assert main(["doctor", "--lock", str(lock), "--strict-lock", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)["lock"]
+    assert report["pinned"] == 3 and len(report["drift"]) == 2
+    lock.write_text(f"onnxruntime=={version('onnxruntime')}\n")
+    assert main(["doctor", "--lock", str(lock), "--strict-lock"]) == 0
+    assert "all 1 pinned packages match" in capsys.readouterr().out
+    lock.write_text("numpy>=1\n")
+    assert main(["doctor", "--lock", str(lock)]) == 2
+    assert "expected `name==version`, got 'numpy>=1'" in capsys.readouterr().err
