@@ -41,6 +41,11 @@ def at_most(value: float, reason: str) -> Limit:
 
 
 SPEC = "SPEC starting tier"
+# keypoints: joints whose reference peak has another cell within 2 x the tier's raw tolerance are
+# compared by value, not by pixel (parity/keypoints.py); when more than a tenth are, the heatmaps
+# are too flat for the tier and the pixel check no longer decides enough joints to mean anything
+_AMBIGUOUS = Limit(0.1, "max", "measured fp32: 0.033 of 544 joints (0.029 of 102); heatmaps with more "
+                               "near-tied peaks than this are too flat to gate by pixel at this tier")
 # why dense detection outputs sit further from the reference than pooled ones (fp32)
 _RESIZE_GAP = ("the runtime's OpenCV letterbox resize and the reference's torch resize differ by up to "
                "7e-5 (normalised input units), which dense per-anchor outputs do not average out; ORT "
@@ -229,6 +234,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "score_abs_error_max": at_most(5e-4, "measured 1.2e-4: scores are raw heatmap maxima up to "
                                                  "~4.4, so the raw 5.3e-5 relative error shows"),
             "keypoint_names_match": at_least(1.0, "names are data: equal or a config fault"),
+            "keypoint_ambiguous_fraction": _AMBIGUOUS,
             "batch_keypoints_max_abs": at_most(1e-4, SPEC),
             "batch_scores_max_abs": at_most(1e-5, "SPEC fp32 score tier; measured exactly equal on ORT CPU"),
             "batch_max_abs": at_most(1e-4, SPEC),
@@ -242,6 +248,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "score_abs_error_max": at_most(1e-2, "SPEC score tier for fp16 (detection); measured 0.035 "
                                                  "(raw 1% of peaks up to 4.4) -- fails, not loosened"),
             "keypoint_names_match": at_least(1.0, "names are data: equal or a config fault"),
+            "keypoint_ambiguous_fraction": _AMBIGUOUS,
             "batch_keypoints_max_abs": at_most(0.25, "SPEC 1e-3 rel of the 256 px input"),
             "batch_scores_max_abs": at_most(4e-3, "SPEC 1e-3 rel of scores up to ~4"),
             "batch_max_abs": at_most(0.25, "SPEC 1e-3 rel of the 256 px input"),
@@ -253,6 +260,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
                                                   "277 px -- fails, not loosened"),
             "score_abs_error_max": at_most(5e-2, "SPEC score tier for int8 (detection)"),
             "keypoint_names_match": at_least(1.0, "names are data: equal or a config fault"),
+            "keypoint_ambiguous_fraction": _AMBIGUOUS,
             "batch_keypoints_max_abs": at_most(2.56, "SPEC 1e-2 rel of the 256 px input"),
             "batch_scores_max_abs": at_most(4e-2, "SPEC 1e-2 rel of scores up to ~4"),
             "batch_max_abs": at_most(2.56, "SPEC 1e-2 rel of the 256 px input"),
