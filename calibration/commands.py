@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batchforge.errors import UsageError
+from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.loading import ensemble_spec, load_pipeline
 
@@ -82,6 +83,8 @@ def _run(args: argparse.Namespace, precision: Precision,
             print(f"WARNING {name}: {SYNTHETIC_WARNING}", file=sys.stderr)
         print(f"{precision.value} {name:24} {time.perf_counter() - start:6.1f}s  {_summary(details)} "
               f"-> {out}", flush=True)
+        del data, pipeline
+        release_memory()  # the next model starts from what the command needs, not from this one's peak
     return 0
 
 

@@ -34,6 +34,7 @@ import onnx
 
 from batchforge.calibration.activations import load_model, session
 from batchforge.calibration.data import CalibrationData, FeedReader
+from batchforge.calibration.ranges import write_ranges
 from batchforge.errors import CalibrationError
 from batchforge.parity.metrics import rowwise_cosine
 from batchforge.progress import progress
@@ -84,9 +85,11 @@ def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: 
               method: str, cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if method == "entropy" and not cache.is_file():
-        _entropy_ranges(fp32_path, data, cache)
     with _quiet_quantizer():
+        if not cache.is_file():  # calibrated once per run, batch by batch; quantize_static reads the cache
+            write_ranges(fp32_path, data, cache, method, QUANTIZED_OPS,
+                         {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS}
+                         if method == "entropy" else None)
         quantize_static(
             str(fp32_path), str(out_path), FeedReader(data), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
@@ -102,22 +105,6 @@ def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: 
                            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)},
             calibration_cache_path=str(cache),
         )
-
-
-def _entropy_ranges(fp32_path: Path, data: CalibrationData, cache: Path) -> None:
-    """Writes entropy ranges with ENTROPY_BINS bins to ``cache``, which quantize_static then reads
-    instead of calibrating with its 128-bin default (see ENTROPY_BINS)."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    with tempfile.TemporaryDirectory(prefix="batchforge-entropy-") as tmp, _quiet_quantizer():
-        calibrator = create_calibrator(
-            fp32_path, list(QUANTIZED_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Entropy,
-            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS},
-        )
-        calibrator.collect_data(FeedReader(data))
-        save_tensors_data(calibrator.compute_data(), cache)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from batchforge.errors import UsageError
+from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
 from batchforge.runtime.loading import ENSEMBLE_FILE
 from batchforge.runtime.spec import ModelSpec
@@ -76,6 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {entry.spec.name:24} {time.perf_counter() - start:6.1f}s  "
               f"{record['exporter']['name']}, opset {args.opset}, ONNX vs PyTorch max_rel {worst:.1e} "
               f"-> {Path(args.output_dir) / entry.spec.name / 'model.fp32.onnx'}", flush=True)
+        release_memory()  # the exporter's graphs and the module: the next model starts clean
     for name in (args.models if not args.all else _all_ensembles()):
         ensemble = get_ensemble(name)
         if ensemble is not None:

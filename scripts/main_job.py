@@ -21,10 +21,16 @@ CALIBRATION_SAMPLES = 32
 SEED_CALIBRATION = 4000
 
 
+PEAK_RSS: dict[str, float] = {}  # GB resident, the largest process of each command name
+
+
 def sh(*args: str, check: bool = True) -> tuple[int, float]:
     print(f"\n$ batchforge {' '.join(args)}", flush=True)
     start = time.perf_counter()
-    code = subprocess.run([*BATCHFORGE, *args], cwd=ROOT).returncode
+    process = subprocess.Popen([*BATCHFORGE, *args], cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage: its peak resident set
+    process.returncode = code = os.waitstatus_to_exitcode(status)
+    PEAK_RSS[args[0]] = max(PEAK_RSS.get(args[0], 0.0), usage.ru_maxrss / 2**20)  # KiB -> GiB
     if check and code != 0:
         print(f"main job: `batchforge {args[0]}` failed with exit code {code}", file=sys.stderr)
         sys.exit(code)
@@ -133,6 +139,8 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
         print("\nnot passed (known = a measured failure of the stand-in weights, listed in "
               "parity/tolerances.py):\n" + "\n".join(details))
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    print("peak resident memory (GiB, largest process of each command): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(PEAK_RSS.items(), key=lambda kv: -kv[1])))
     print(f"parity verdict: {parity.get('verdict')} (report: {report}, {report.with_suffix('.md')})")
 
 

@@ -269,3 +269,35 @@ def test_plain_fp16_model_on_cpu_loads_without_the_nchwc_transformer(user_tiny_a
     assert main(["build", name, "--precision", "fp16", "--backend", "onnxruntime", "--output-dir", str(root)]) == 0
     built = opened("fp16")
     assert ":built" in built.name and built.options.disabled_optimizers == ()
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_batch_by_batch_ranges_equal_ort_one_shot_calibration(tmp_path, method):
+    """calibration/ranges.py streams activations one batch at a time (ViT-B/16 held 8.3 GB of them
+    in ORT's one-shot collection). The ranges must be bit-identical to what quantize_static's own
+    calibrator computes from all batches at once; the batches here span different ranges, so a
+    histogram binned per batch on its own range would differ."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from batchforge.calibration.data import FeedReader
+    from batchforge.calibration.int8 import ENTROPY_BINS, ENTROPY_LEVELS, QUANTIZED_OPS
+    from batchforge.calibration.ranges import write_ranges
+
+    rng = np.random.default_rng(5)
+    _fragile_model(rng, tmp_path / "m.onnx")
+    items = (rng.normal(size=(40, 16)) * np.repeat([0.1, 3.0, 0.5, 7.0, 1.0], 8)[:, None]).astype(np.float32)
+    items[17, 2] = -25.0
+    data = data_of(list(items))  # 5 batches of 8 with different spreads
+    options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS} if method == "entropy" else {}
+    write_ranges(tmp_path / "m.onnx", data, tmp_path / "streamed.json", method, QUANTIZED_OPS, options)
+    kind = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+            "minmax": CalibrationMethod.MinMax}[method]
+    one_shot = create_calibrator(tmp_path / "m.onnx", list(QUANTIZED_OPS),
+                                 augmented_model_path=str(tmp_path / "aug.onnx"), calibrate_method=kind,
+                                 extra_options=options)
+    one_shot.collect_data(FeedReader(data))  # ORT: every batch's activations, then one histogram
+    save_tensors_data(one_shot.compute_data(), tmp_path / "one_shot.json")
+    streamed = json.loads((tmp_path / "streamed.json").read_text())
+    expected = json.loads((tmp_path / "one_shot.json").read_text())
+    assert streamed == expected and sorted(expected["data"]) == ["h", "r", "x", "y"]
