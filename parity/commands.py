@@ -35,7 +35,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 report = check_model(session, name, precision)
                 reports.append(report)
                 print(summary_lines([report])[0], flush=True)
-            session.release_engines(precision)
     finally:
         session.close()
     code = exit_code(reports, args.allow_known_failures)

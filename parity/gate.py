@@ -142,6 +142,8 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
                 report.notes.append(localise.summary(report.localisation))
     except BatchforgeError as exc:
         report.error = exc.one_line()
+    finally:
+        session.release(name, precision)
     listed = known_failure(name, precision)  # models and ensembles alike
     if listed and report.passed:
         report.notes.append("listed in KNOWN_FAILURES (parity/tolerances.py) but passed: remove the entry")

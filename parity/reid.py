@@ -114,6 +114,7 @@ class ReidParity(FamilyParity):
             eval_set = session.eval_set(self, ref_spec)
             ref_parts.append(session.reference_run(member, ref_spec, self, eval_set).raw[spec.outputs[0]])
             eng_parts.append(session.engine_run(member, precision, eval_set).raw[spec.outputs[0]])
+            session.release(member, precision)  # outputs kept; its engine session is not needed again
         assert eval_set is not None
         sqrt_w = [float(np.sqrt(w)) for w in weights]
         ref = torch.cat([w * F.normalize(torch.from_numpy(p), dim=1) for w, p in zip(sqrt_w, ref_parts)],

@@ -18,6 +18,7 @@ import torch
 from batchforge.errors import ArtifactError
 from batchforge.export.reference import TorchRunner, load_reference, torch_preprocess
 from batchforge.export.registry import ZOO, load_zoo
+from batchforge.memory import release_memory
 from batchforge.progress import progress
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.batching import chunk_slices, stack_feeds
@@ -52,7 +53,7 @@ class ReferenceRun:
 
 @dataclass
 class EngineRun:
-    pipeline: Pipeline
+    pipeline: Pipeline | None  # None once released: only ``raw`` is kept (for ensembles)
     prepared: list[Prepared]
     raw: dict[str, np.ndarray]
 
@@ -156,6 +157,9 @@ class ParitySession:
                 raw = self._batched(runner.infer, [feed for feed, _ in inputs], spec.profile.opt,
                                     f"{name} reference")
             self._reference_runs[key] = ReferenceRun(raw, metas)
+            # the outputs are what later precisions and ensembles need: the module (ViT-B/16:
+            # 350 MB of weights) is loaded again only by a family that runs it once more
+            self._modules.pop(name, None)
         return self._reference_runs[key]
 
     def engine_run(self, name: str, precision: Precision, eval_set: EvalSet) -> EngineRun:
@@ -183,14 +187,23 @@ class ParitySession:
                 parts.setdefault(key, []).append(value)
         return {k: np.concatenate(v) for k, v in parts.items()}
 
-    def release_engines(self, precision: Precision) -> None:
-        """Closes the engine sessions of one precision (their arenas hold GBs at max batch)."""
-        for key in [k for k in self._engine_runs if k[1] == precision.value]:
-            self._engine_runs.pop(key).pipeline.deactivate()
+    def release(self, name: str, precision: Precision) -> None:
+        """Done with one model at one precision: closes its engine session (arenas hold GBs at
+        max batch) and drops its prepared inputs; the raw outputs stay for the ensembles."""
+        for key in [k for k in self._engine_runs if k[:2] == (name, precision.value)]:
+            run = self._engine_runs[key]
+            if run.pipeline is not None:
+                run.pipeline.deactivate()
+            self._engine_runs[key] = EngineRun(None, [], run.raw)
+        self._modules.pop(name, None)
+        release_memory()
 
     def close(self) -> None:
         for run in self._engine_runs.values():
-            run.pipeline.deactivate()
+            if run.pipeline is not None:
+                run.pipeline.deactivate()
         self._engine_runs.clear()
         self._reference_runs.clear()
         self._modules.clear()
+        release_memory()
+

@@ -67,7 +67,7 @@ def test_ensembles_are_looked_up_in_known_failures_too(monkeypatch, tmp_path):
     family = SimpleNamespace(ensemble_checks=lambda session, ensemble, precision: ([failing], []))
     monkeypatch.setattr(gate, "ensemble_spec", lambda output_dir, name: SimpleNamespace(family="reid"))
     monkeypatch.setattr(gate, "family_for", lambda name: family)
-    session = SimpleNamespace(output_dir=tmp_path, backend="onnxruntime")
+    session = SimpleNamespace(output_dir=tmp_path, backend="onnxruntime", release=lambda name, precision: None)
     monkeypatch.setitem(tolerances.KNOWN_FAILURES, ("my_ensemble", Precision.INT8), "listed by this test")
     report = gate.check_model(session, "my_ensemble", Precision.INT8)
     assert report.status == "KNOWN FAILURE" and report.known_failure == "listed by this test"
