@@ -31,10 +31,6 @@ DEFAULT_QUERIES = 64
 DEFAULT_GALLERY = 200
 TOP_K = 5
 ENSEMBLE_PIPELINE_ITEMS = 8
-# Reference cosines closer than this are tied: 8 float32 ulps at 1.0, below what a float32
-# embedding can resolve, so their order is rounding, not the model. A fixed resolution, not a
-# tier margin: a wider one would turn rank changes that the top-1 tiers bound into agreements.
-SCORE_TIE = 1e-6
 
 
 def _eval_set(n_query: int, n_gallery: int) -> EvalSet:
@@ -48,15 +44,17 @@ def retrieval_checks(ref: np.ndarray, eng: np.ndarray, n_query: int, limits: dic
                      prefix: str = "") -> tuple[list[Check], str]:
     """Top-1 agreement and top-5 overlap of queries vs gallery, reference (torch) vs engine.
 
-    Tie-aware: gallery items whose reference scores are equal within ``SCORE_TIE`` (float32
-    resolution of a cosine) have no order, so an engine that ranks either first agrees. Queries
-    with such ties are counted and reported in the check's detail, never scored as disagreement.
+    Tie-aware: gallery items whose reference cosines are equal within the tier's ``score_tie``
+    (the resolution of a cosine at that precision: 1e-6 fp32, 1e-3 fp16, 1e-2 int8) have no order,
+    so an engine that ranks any of them first agrees. Queries with such ties are counted and
+    reported in the check's detail, never scored as disagreement.
     """
+    tie = limits["score_tie"].value
     ref_t = F.normalize(torch.from_numpy(ref.astype(np.float32)), dim=1).double()
     scores = ref_t[:n_query] @ ref_t[n_query:].T
     kth = torch.topk(scores, TOP_K, dim=1).values
-    tied_first = (scores >= kth[:, :1] - SCORE_TIE).numpy()  # (Q, G): tied with the best
-    tied_top = (scores >= kth[:, -1:] - SCORE_TIE).numpy()  # (Q, G): within the top 5, ties included
+    tied_first = (scores >= kth[:, :1] - tie).numpy()  # (Q, G): tied with the best
+    tied_top = (scores >= kth[:, -1:] - tie).numpy()  # (Q, G): within the top 5, ties included
     eng_top, _ = cosine_matches(eng[:n_query], eng[n_query:], TOP_K)
     rows = np.arange(n_query)[:, None]
     top1 = float(np.mean(tied_first[rows[:, 0], eng_top[:, 0]]))
@@ -67,7 +65,7 @@ def retrieval_checks(ref: np.ndarray, eng: np.ndarray, n_query: int, limits: dic
             f"{np.mean(ref_best == truth):.3f}, engine {np.mean(eng_top[:, 0] == truth):.3f}")
     n_tied_first = int(np.sum(tied_first.sum(axis=1) > 1))
     n_tied_top = int(np.sum(tied_top.sum(axis=1) > TOP_K))
-    detail = (f"{n_query} queries vs {ref.shape[0] - n_query} gallery; reference ties within {SCORE_TIE:g}: "
+    detail = (f"{n_query} queries vs {ref.shape[0] - n_query} gallery; reference ties within {tie:g}: "
               f"{n_tied_first} queries at top-1 (largest {int(tied_first.sum(axis=1).max())}-way), "
               f"{n_tied_top} at rank {TOP_K} (an engine picking any tied item agrees)")
     return [Check(f"{prefix}top1_agreement", top1, limits["top1_agreement"], detail),

@@ -18,13 +18,28 @@ def test_compare_arrays_reports_abs_rel_and_cosine():
     assert compare_arrays(ref, np.zeros_like(ref))[2] == 0.0
 
 
-def _retrieval(ref, eng, n_query):
+def _retrieval(ref, eng, n_query, precision="fp32"):
     from batchforge.parity.reid import retrieval_checks
     from batchforge.parity.tolerances import limits_for
-    from batchforge.runtime.artifacts import Precision
 
-    checks, _ = retrieval_checks(ref, eng, n_query, dict(limits_for("reid", Precision.FP32)))
+    checks, _ = retrieval_checks(ref, eng, n_query, dict(limits_for("reid", precision)))
     return {c.name: c for c in checks}
+
+
+def test_retrieval_near_ties_are_tier_relative():
+    """Two gallery items 5e-4 apart for a query: a swap is within fp16 resolution (a tie there),
+    but a real disagreement at fp32."""
+    query = np.zeros(8, np.float32)
+    query[0] = 1.0
+    gallery = np.eye(8, dtype=np.float32)[1:7]  # four more items, orthogonal to the query
+    gallery[0, :2] = [0.6, 0.8]
+    gallery[1, :2] = [0.6 - 5e-4, np.sqrt(1 - (0.6 - 5e-4) ** 2)]
+    gallery[1, 2] = 0.0
+    ref = np.vstack([query, gallery])
+    eng = np.vstack([query, gallery[[1, 0, 2, 3, 4, 5]]])  # the engine ranks the other one first
+    assert _retrieval(ref, eng, 1, "fp32")["top1_agreement"].value == 0.0
+    fp16 = _retrieval(ref, eng, 1, "fp16")["top1_agreement"]
+    assert fp16.value == 1.0 and "1 queries at top-1 (largest 2-way)" in fp16.detail
 
 
 def test_retrieval_ties_are_reported_not_scored_as_disagreement():
