@@ -1,7 +1,7 @@
 """Engine manifests: what an engine was built from and for, checked before it is loaded.
 
-A TensorRT plan is only valid for the GPU compute capability and TensorRT version it was
-built with (unless built hardware/version compatible), and a plan file that was truncated or
+A TensorRT plan is only valid for the GPU model and TensorRT version it was built with
+(unless built hardware or version compatible), and a plan file that was truncated or
 altered must never reach ``deserialize_cuda_engine``. ``engine.P.json`` records everything
 needed to refuse such a plan with an actionable message; ``check_before_load`` does the
 refusing, each mismatch with its own error. ``engine.P.ort.json`` does the same job for the
@@ -27,6 +27,12 @@ from batchforge.runtime.spec import ProfileRange
 MANIFEST_SCHEMA = 1
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 AMPERE_MAJOR = 8  # ampere_plus engines run on compute capability 8.0 and newer
+# Which runtime majors may load a version-compatible plan built with a given major. TensorRT
+# 11.4.1 Support Matrix, "Engine Portability": "Two combinations are supported across major
+# versions: TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and
+# TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime. No other combination".
+# Any other major (9, 11, 12, ...) loads only on its own major.
+VERSION_COMPATIBLE_MAJORS = {8: (8, 10), 10: (10, 11)}
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class EngineManifest:
     model: str
     precision: str
     tensorrt_version: str
-    cuda_runtime_version: str
+    cuda_runtime_version: str  # cuda-bindings' (static) CUDA runtime, not TensorRT's
     cuda_driver_version: str
     gpu_name: str
     compute_capability: str  # "major.minor", e.g. "9.0"
@@ -65,6 +71,7 @@ class EngineManifest:
     builder: Mapping[str, Any]  # builder options as given (workspace, level, timing cache)
     created: str  # ISO 8601 UTC
     tolerances: Mapping[str, Any] | None = None
+    tensorrt_cuda: str = "unknown"  # CUDA major of the TensorRT wheel (tensorrt-cu12 -> "12")
     backend: str = "tensorrt"
     schema_version: int = MANIFEST_SCHEMA
 
@@ -209,8 +216,8 @@ def check_before_load(
 
     Checks, each with its own error: plan size and sha256 (a truncated or altered plan never
     reaches TensorRT), the source ONNX's sha256 (when ``onnx_path`` is given: a deployment may
-    ship the plan alone), the compatibility level, the TensorRT version and the GPU's compute
-    capability.
+    ship the plan alone), the TensorRT version and the GPU against the plan's compatibility
+    level (``check_compatibility``).
 
     Args:
         manifest: the plan's manifest.
@@ -253,38 +260,81 @@ def _check_plan_bytes(manifest: EngineManifest, plan_path: Path, plan: bytes, hi
 
 
 def check_compatibility(manifest: EngineManifest, env: EngineEnvironment) -> None:
-    """The compatibility level, TensorRT version and compute capability checks (no file I/O).
+    """The TensorRT version and hardware compatibility checks (no file I/O).
 
-    Another GPU model with the same compute capability is accepted: TensorRT loads such plans
-    (tactics were timed on the build GPU, so speed may differ; correctness does not).
+    Each rule mirrors what TensorRT promises, no more:
+    - a plan without version compatibility loads only on the exact TensorRT it was built with;
+      a version-compatible plan on the same or a later release (major.minor.patch), within the
+      major transitions in ``VERSION_COMPATIBLE_MAJORS``;
+    - level ``none`` promises only the GPU model the plan was built on: another model with the
+      same compute capability is refused (TensorRT itself only warns and may then fail or be
+      slow); ``same_compute_capability`` promises any GPU of that compute capability;
+      ``ampere_plus`` any GPU of compute capability 8.0 or newer.
+
+    Raises:
+        EngineCompatibilityError, one line: what the plan needs, what this machine has, and the
+        rebuild command.
     """
     hint = manifest.rebuild_hint()
     built_v, here_v = _versions(manifest.tensorrt_version, env.tensorrt_version)
     context = (f"built for {manifest.sm} with TensorRT {built_v}, this is {env.sm} with "
                f"{here_v}")
-    built, here = version_tuple(manifest.tensorrt_version), version_tuple(env.tensorrt_version)
     if manifest.version_compatible:
-        # A version-compatible plan runs on the same or a later TensorRT, never an earlier one.
-        if here[:2] < built[:2]:
-            raise EngineCompatibilityError(
-                f"version-compatible engine {manifest.plan_file} needs TensorRT >= {built_v}: "
-                f"{context}", hint=hint + " (or upgrade TensorRT)")
-    elif here != built:
+        _check_version_compatible(manifest, env, context, hint)
+    elif version_tuple(env.tensorrt_version) != version_tuple(manifest.tensorrt_version):
         raise EngineCompatibilityError(
             f"TensorRT version mismatch for {manifest.plan_file}: {context}; plans only load on the "
             "exact TensorRT they were built with unless built with --version-compatible", hint=hint)
+    _check_hardware(manifest, env, context, hint)
+
+
+def _check_version_compatible(manifest: EngineManifest, env: EngineEnvironment, context: str,
+                              hint: str) -> None:
+    built, here = version_tuple(manifest.tensorrt_version)[:3], version_tuple(env.tensorrt_version)[:3]
+    built_text = ".".join(map(str, built))
+    majors = VERSION_COMPATIBLE_MAJORS.get(built[0], (built[0],)) if built else ()
+    if not here or here[0] not in majors:
+        allowed = " or ".join(f"{m}.x" for m in majors) or "the same TensorRT"
+        raise EngineCompatibilityError(
+            f"version-compatible engine {manifest.plan_file} built with TensorRT {built_text} runs only "
+            f"on TensorRT {allowed} (>= {built_text}), this is {env.tensorrt_version}: {context}",
+            hint=hint + " (TensorRT supports no other major-version transition)")
+    if here < built:
+        raise EngineCompatibilityError(
+            f"version-compatible engine {manifest.plan_file} needs TensorRT >= {built_text} (the same "
+            f"or a later release), this is {env.tensorrt_version}: {context}",
+            hint=hint + f" (or upgrade TensorRT to {built_text} or later)")
+
+
+def _check_hardware(manifest: EngineManifest, env: EngineEnvironment, context: str, hint: str) -> None:
     level = manifest.hardware_compatibility
-    major = version_tuple(env.compute_capability)[:1] or (0,)
     if level == "ampere_plus":
+        major = version_tuple(env.compute_capability)[:1] or (0,)
         if major[0] < AMPERE_MAJOR:
             raise EngineCompatibilityError(
                 f"compatibility level ampere_plus of {manifest.plan_file} needs an Ampere or newer "
                 f"GPU (sm_80+): {context}", hint=hint)
-    elif env.compute_capability != manifest.compute_capability:
+        return
+    if env.compute_capability != manifest.compute_capability:
         raise EngineCompatibilityError(
             f"GPU compute capability mismatch for {manifest.plan_file} (compatibility level {level}): "
             f"{context}", hint=hint + " (or build with --hardware-compat ampere_plus to share plans "
             "across Ampere+ GPUs)")
+    if level == "none":
+        built_gpu, here_gpu = _gpu_model(manifest.gpu_name), _gpu_model(env.gpu_name)
+        if built_gpu is None or built_gpu != here_gpu:
+            raise EngineCompatibilityError(
+                f"compatibility level none of {manifest.plan_file} holds only on the GPU model it was "
+                f"built on: built on {built_gpu or 'an unrecorded GPU'}, this is "
+                f"{here_gpu or 'an unnamed GPU'} (both {env.sm})",
+                hint=hint + " (or build with --hardware-compat same_compute_capability to share the "
+                f"plan across {manifest.sm} GPU models)")
+
+
+def _gpu_model(name: str) -> str | None:
+    """The GPU model as cudaGetDeviceProperties names it; None when it was not recorded."""
+    name = (name or "").strip()
+    return None if name in {"", "unknown"} else name
 
 
 def _versions(built: str, here: str) -> tuple[str, str]:

@@ -186,7 +186,7 @@ def test_plan_built_from_an_older_onnx_is_refused(built):
 def test_other_tensorrt_and_gpu_gives_the_full_actionable_line(built):
     artifacts, manifest = built
     with pytest.raises(EngineCompatibilityError) as info:
-        check_before_load(manifest, artifacts.plan(Precision.FP32), EngineEnvironment("10.9.0.34", "8.6"))
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here("10.9.0.34", "8.6"))
     line = info.value.one_line()
     assert "built for sm_90 with TensorRT 10.13, this is sm_86 with 10.9" in line
     assert "rebuild with `batchforge build tiny --precision fp32 --backend tensorrt`" in line
@@ -197,23 +197,57 @@ def test_tensorrt_patch_mismatch_is_refused_with_full_versions(built):
     artifacts, manifest = built
     with pytest.raises(EngineCompatibilityError, match=r"TensorRT version mismatch.*TensorRT 10\.13\.0\.35, "
                                                        r"this is sm_90 with 10\.13\.1\.2"):
-        check_before_load(manifest, artifacts.plan(Precision.FP32), EngineEnvironment("10.13.1.2", "9.0"))
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here("10.13.1.2", "9.0"))
 
 
 def test_compute_capability_mismatch_is_refused(built):
     artifacts, manifest = built
     with pytest.raises(EngineCompatibilityError, match=r"compute capability mismatch.*level none.*"
                                                        r"built for sm_90 .* this is sm_89"):
-        check_before_load(manifest, artifacts.plan(Precision.FP32), EngineEnvironment("10.13.0.35", "8.9"))
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here("10.13.0.35", "8.9"))
 
 
-def test_same_compute_capability_level_still_needs_the_same_sm(tmp_path):
+def _here(version="10.13.0.35", sm="9.0", gpu=BUILT_ON["gpu_name"]):
+    return EngineEnvironment(version, sm, gpu)
+
+
+def _one_line_says_what_to_rebuild(info, manifest, *expected_given):
+    line = info.value.one_line()
+    assert "\n" not in line
+    for text in expected_given:
+        assert text in line
+    assert f"rebuild with `{_rebuild_cmd(manifest)}`" in line
+    return line
+
+
+def test_level_none_refuses_another_gpu_model_with_the_same_compute_capability(built):
+    """kNONE promises only the GPU model the plan was built on (TensorRT itself merely warns)."""
+    artifacts, manifest = built
+    plan = artifacts.plan(Precision.FP32)
+    check_before_load(manifest, plan, _here())
+    for other in ("NVIDIA H200", "", "unknown"):
+        with pytest.raises(EngineCompatibilityError, match="level none .* holds only on the GPU model") as info:
+            check_before_load(manifest, plan, _here(gpu=other))
+        _one_line_says_what_to_rebuild(info, manifest, "built on NVIDIA H100 80GB HBM3", "both sm_90",
+                                       "--hardware-compat same_compute_capability")
+
+
+def test_level_none_refuses_a_manifest_without_the_build_gpu(tmp_path):
+    artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
+    manifest = dataclasses.replace(_build(artifacts, Precision.FP32), gpu_name="unknown")
+    with pytest.raises(EngineCompatibilityError, match="built on an unrecorded GPU, this is NVIDIA H100"):
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here())
+
+
+def test_same_compute_capability_level_accepts_other_models_of_that_sm_only(tmp_path):
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
     manifest = _build(artifacts, Precision.FP32, hardware_compat=HardwareCompat.SAME_COMPUTE_CAPABILITY)
     plan = artifacts.plan(Precision.FP32)
-    check_before_load(manifest, plan, EngineEnvironment("10.13.0.35", "9.0", "NVIDIA H200"))
-    with pytest.raises(EngineCompatibilityError, match="level same_compute_capability"):
-        check_before_load(manifest, plan, EngineEnvironment("10.13.0.35", "8.0"))
+    for gpu in ("NVIDIA H200", "NVIDIA GH200 480GB", ""):
+        check_before_load(manifest, plan, _here(gpu=gpu))
+    with pytest.raises(EngineCompatibilityError, match="level same_compute_capability") as info:
+        check_before_load(manifest, plan, _here(sm="8.0", gpu="NVIDIA A100"))
+    _one_line_says_what_to_rebuild(info, manifest, "built for sm_90", "this is sm_80")
 
 
 def test_ampere_plus_level_runs_on_any_ampere_but_not_on_turing(tmp_path):
@@ -221,19 +255,52 @@ def test_ampere_plus_level_runs_on_any_ampere_but_not_on_turing(tmp_path):
     manifest = _build(artifacts, Precision.FP32, hardware_compat=HardwareCompat.AMPERE_PLUS)
     plan = artifacts.plan(Precision.FP32)
     for sm in ("8.0", "8.6", "8.9", "9.0", "12.0"):
-        check_before_load(manifest, plan, EngineEnvironment("10.13.0.35", sm))
-    with pytest.raises(EngineCompatibilityError, match=r"ampere_plus .* needs an Ampere or newer GPU.*sm_75"):
-        check_before_load(manifest, plan, EngineEnvironment("10.13.0.35", "7.5"))
+        check_before_load(manifest, plan, _here(sm=sm, gpu="any GPU"))
+    with pytest.raises(EngineCompatibilityError, match=r"ampere_plus .* needs an Ampere or newer GPU.*sm_75") as info:
+        check_before_load(manifest, plan, _here(sm="7.5", gpu="Tesla T4"))
+    _one_line_says_what_to_rebuild(info, manifest, "sm_80+")
 
 
-def test_version_compatible_plan_runs_on_later_tensorrt_only(tmp_path):
+def test_version_compatible_plan_runs_on_the_same_or_later_release_only(tmp_path):
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
     manifest = _build(artifacts, Precision.FP32, version_compatible=True)
     plan = artifacts.plan(Precision.FP32)
-    check_before_load(manifest, plan, EngineEnvironment("10.14.1.1", "9.0"))
-    check_before_load(manifest, plan, EngineEnvironment("11.0.0.1", "9.0"))
-    with pytest.raises(EngineCompatibilityError, match=r"version-compatible .* needs TensorRT >= 10\.13"):
-        check_before_load(manifest, plan, EngineEnvironment("10.9.0.34", "9.0"))
+    for later in ("10.13.0.35", "10.13.0.40", "10.13.3.9", "10.14.1.1", "11.0.0.1", "11.4.0.106"):
+        check_before_load(manifest, plan, _here(version=later))
+    for older in ("10.9.0.34", "10.12.9.9"):
+        with pytest.raises(EngineCompatibilityError, match=r"version-compatible .* needs TensorRT >= 10\.13\.0"):
+            check_before_load(manifest, plan, _here(version=older))
+
+
+def test_version_compatible_plan_refuses_an_older_patch_release(tmp_path):
+    artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
+    config = BuildConfig(precision=Precision.FP32, profile=ProfileRange(1, 4, 8), version_compatible=True)
+    manifest = dataclasses.replace(_build(artifacts, Precision.FP32, version_compatible=True),
+                                   tensorrt_version="10.13.2.6", builder=config.record())
+    with pytest.raises(EngineCompatibilityError) as info:
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here(version="10.13.0.35"))
+    _one_line_says_what_to_rebuild(info, manifest, "needs TensorRT >= 10.13.2 (the same or a later release), "
+                                                   "this is 10.13.0.35", "upgrade TensorRT to 10.13.2 or later")
+
+
+@pytest.mark.parametrize(("built_with", "runtime"), [("10.13.0.35", "12.0.0.1"), ("11.0.0.1", "12.1.0.1"),
+                                                     ("8.6.1.6", "11.0.0.1"), ("8.6.1.6", "9.3.0.1")])
+def test_version_compatible_plan_refuses_a_major_transition_tensorrt_does_not_support(tmp_path, built_with,
+                                                                                     runtime):
+    artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
+    manifest = dataclasses.replace(_build(artifacts, Precision.FP32, version_compatible=True),
+                                   tensorrt_version=built_with)
+    with pytest.raises(EngineCompatibilityError, match="runs only on TensorRT") as info:
+        check_before_load(manifest, artifacts.plan(Precision.FP32), _here(version=runtime))
+    _one_line_says_what_to_rebuild(info, manifest, f"this is {runtime}", "no other major-version transition")
+
+
+def test_version_compatible_tensorrt_8_plan_loads_on_10(tmp_path):
+    """The other cross-major combination the TensorRT 11.4.1 support matrix lists."""
+    artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec())
+    manifest = dataclasses.replace(_build(artifacts, Precision.FP32, version_compatible=True),
+                                   tensorrt_version="8.6.1.6")
+    check_before_load(manifest, artifacts.plan(Precision.FP32), _here(version="10.0.1.6"))
 
 
 def test_integrity_is_checked_before_compatibility(built):
