@@ -9,7 +9,8 @@ double of those few calls can check it without TensorRT (tests/engines).
 Written against the TensorRT 10.x / 11.x Python API documentation: Builder.create_network,
 OnnxParser, IBuilderConfig (set_memory_pool_limit, builder_optimization_level,
 hardware_compatibility_level, set_flag/clear_flag, create_timing_cache/set_timing_cache/
-get_timing_cache), IOptimizationProfile.set_shape, Builder.build_serialized_network.
+get_timing_cache), IOptimizationProfile.set_shape, Builder.build_serialized_network,
+init_libnvinfer_plugins. TensorRT's messages go to the ``batchforge.tensorrt`` logger.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from batchforge.engines.profiles import input_profiles
 from batchforge.engines.records import calibration_sha256, tolerances_for, write_bytes_atomic
 from batchforge.errors import BuildError, ConfigError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
-from batchforge.runtime.manifest import EngineManifest, InputProfile, write_manifest
+from batchforge.runtime.manifest import EngineManifest, InputProfile, version_tuple, write_manifest
+from batchforge.runtime.runners.cuda_util import installed_cuda_majors
+from batchforge.runtime.runners.tensorrt import init_plugins, make_logger
 from batchforge.runtime.spec import ProfileRange
 
 MAX_LISTED_PARSER_ERRORS = 10
@@ -37,13 +40,15 @@ MAX_LISTED_PARSER_ERRORS = 10
 class HardwareCompat(str, enum.Enum):
     """TensorRT hardware compatibility level (``--hardware-compat``)."""
 
-    NONE = "none"  # runs only on the compute capability it was built on (fastest)
-    AMPERE_PLUS = "ampere_plus"  # runs on any Ampere or newer GPU (fewer tactics)
-    SAME_COMPUTE_CAPABILITY = "same_compute_capability"  # same sm, other GPU models
+    # HardwareCompatibilityLevel kNONE = 0, kAMPERE_PLUS = 1, kSAME_COMPUTE_CAPABILITY = 2
+    # (TensorRT 10.16 include/NvInfer.h:10957, TensorRT 11.1 include/NvInfer.h:10396)
+    NONE = "none"  # only the GPU model it was built on (fastest)
+    AMPERE_PLUS = "ampere_plus"  # any Ampere or newer GPU (fewer tactics)
+    SAME_COMPUTE_CAPABILITY = "same_compute_capability"  # any GPU model of the same sm
 
     @property
     def trt_name(self) -> str:
-        return self.name  # HardwareCompatibilityLevel.NONE / AMPERE_PLUS / SAME_COMPUTE_CAPABILITY
+        return self.name  # trt.HardwareCompatibilityLevel.NONE / AMPERE_PLUS / SAME_COMPUTE_CAPABILITY
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,16 @@ class BuildConfig:
 
 
 def network_flags(trt: Any) -> int:
-    """``create_network`` flags: STRONGLY_TYPED (TensorRT 11 ignores it: always strongly typed)."""
+    """``create_network`` flags: STRONGLY_TYPED on TensorRT 10, none on 11 and later.
+
+    NetworkDefinitionCreationFlag: TensorRT 10.16 include/NvInfer.h:12102 has kEXPLICIT_BATCH = 0
+    (deprecated), kSTRONGLY_TYPED = 1; TensorRT 11.1 include/NvInfer.h:11462 keeps
+    kSTRONGLY_TYPED = 0, "deprecated in TensorRT 11.0. Strongly typed mode is always enabled ...
+    retained for API compatibility but is ignored" -- so 11+ needs no flag and gets none.
+    """
+    major = (version_tuple(trt.__version__) or (0,))[0]
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+    return 0 if flag is None or major >= 11 else 1 << int(flag)
 
 
 def configure_builder(trt: Any, builder: Any, config: BuildConfig, inputs: Sequence[InputProfile],
@@ -113,13 +125,22 @@ def configure_builder(trt: Any, builder: Any, config: BuildConfig, inputs: Seque
                          hint="upgrade TensorRT or choose another --hardware-compat")
     cfg.hardware_compatibility_level = level
     if config.version_compatible:
+        # BuilderFlag kVERSION_COMPATIBLE is 13 in TensorRT 10.16 (include/NvInfer.h:10531) and 12
+        # in 11.1 (include/NvInfer.h:10006): always by name, never by number
         cfg.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if tf32 is not None and not config.allow_tf32:
         cfg.clear_flag(tf32)
     profile = builder.create_optimization_profile()
     for item in inputs:
-        profile.set_shape(item.name, item.min, item.opt, item.max)
+        try:  # the binding raises RuntimeError (no status) for inconsistent shapes
+            profile.set_shape(item.name, item.min, item.opt, item.max)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BuildError(f"TensorRT rejected the profile of input {item.name!r}: expected min <= "
+                             f"opt <= max of one rank, got min {item.min} opt {item.opt} max {item.max} "
+                             f"({reason})",
+                             hint="fix --min-batch/--opt-batch/--max-batch or the spec's input shape") from None
     if cfg.add_optimization_profile(profile) < 0:
         shapes = [(i.name, i.min, i.opt, i.max) for i in inputs]
         raise BuildError(f"TensorRT rejected the optimisation profile {shapes}")
@@ -133,9 +154,14 @@ def configure_builder(trt: Any, builder: Any, config: BuildConfig, inputs: Seque
 
 
 def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
-    """Parses the ONNX into the network; every parser error is listed (BuildError)."""
+    """Parses the ONNX into the network; every parser error is listed (BuildError).
+
+    The errors are read after every parse, and any error fails it even when ``parse_from_file``
+    returned True (as Polygraphy's loader does).
+    """
     parser = trt.OnnxParser(network, logger)
-    if parser.parse_from_file(str(onnx_path)):
+    parsed = parser.parse_from_file(str(onnx_path))
+    if parsed and parser.num_errors == 0:
         return
     errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
     listed = errors[:MAX_LISTED_PARSER_ERRORS]
@@ -146,7 +172,11 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
 
 
 def _describe_parser_error(error: Any) -> str:
-    """``node NAME (OP): description`` from an IParserError (node() is -1 for model-level errors)."""
+    """``node NAME (OP): description`` from a ``trt.ParserError`` (node() is -1 for model-level errors).
+
+    The C++ ``IParserError`` (TensorRT 11.1 include/NvOnnxParser.h:127) is bound to Python as
+    ``ParserError`` (python/src/parsers/pyOnnx.cpp:240).
+    """
     if error.node() < 0:
         return f"model: {error.desc()}"
     return f"node {error.node_name() or error.node()} ({error.node_operator()}): {error.desc()}"
@@ -161,7 +191,8 @@ def build_plan(trt: Any, onnx_path: Path, config: BuildConfig, inputs: Sequence[
     Raises:
         BuildError with the parser errors or the builder's failure.
     """
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = make_logger(trt)
+    init_plugins(trt, logger)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
     parse_onnx(trt, network, logger, onnx_path)
@@ -182,11 +213,16 @@ def build_tensorrt_engine(artifacts: ModelArtifacts, config: BuildConfig, *, trt
         artifacts: the model folder (its ONNX for the precision is verified first).
         config: the build options.
         trt: the tensorrt module.
-        environment: ``gpu_name``, ``compute_capability``, ``cuda_runtime``, ``cuda_driver``.
+        environment: ``gpu_name``, ``compute_capability``, ``cuda_runtime`` (cuda-bindings'),
+            ``cuda_driver``; ``tensorrt_cuda`` (the TensorRT wheel's CUDA major) is read here
+            when absent.
     Returns:
         The manifest written beside the plan.
     """
     onnx_path = artifacts.verified_onnx(config.precision)
+    if "tensorrt_cuda" not in environment:
+        cuda = installed_cuda_majors()["tensorrt"]
+        environment = {**environment, "tensorrt_cuda": str(cuda) if cuda else "unknown"}
     spec = artifacts.spec()
     inputs = input_profiles(spec, config.profile)
     cache_path = config.timing_cache
@@ -217,6 +253,7 @@ def make_manifest(artifacts: ModelArtifacts, config: BuildConfig, plan_path: Pat
     return EngineManifest(
         model=artifacts.model, precision=config.precision.value, tensorrt_version=tensorrt_version,
         cuda_runtime_version=environment.get("cuda_runtime", "unknown"),
+        tensorrt_cuda=environment.get("tensorrt_cuda", "unknown"),
         cuda_driver_version=environment.get("cuda_driver", "unknown"),
         gpu_name=environment.get("gpu_name", "unknown"),
         compute_capability=environment["compute_capability"],
