@@ -9,6 +9,7 @@ line naming the call.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,11 @@ import numpy as np
 
 from batchforge.errors import BackendUnavailableError, BatchforgeError
 
-INSTALL_HINT = "install `pip install 'batchforge[tensorrt]'` (cuda-python) on a machine with an NVIDIA GPU"
+INSTALL_HINT = ("install `pip install 'batchforge[tensorrt-cu13]'` (driver supporting CUDA 13) or "
+                "`'batchforge[tensorrt-cu12]'` (CUDA 12 driver) on a machine with an NVIDIA GPU")
+# The TensorRT wheel of each CUDA major and the extra that pairs it with cuda-python of that major
+# (pyproject.toml; tests/engines/test_engines_pairing.py checks the requirement strings).
+TENSORRT_EXTRAS = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
 
 
 def load_cudart() -> Any | None:
@@ -123,6 +128,63 @@ def cuda_versions() -> dict[str, str]:
     return {"runtime": format_cuda_version(runtime), "driver": format_cuda_version(driver)}
 
 
+def native_handle(obj: Any) -> int:
+    """The raw address behind a cuda-bindings object (``cudaStream_t``, ...).
+
+    cuda-bindings 12.9.1 / 13.0.0 release notes: ``int(cuda_obj)`` is deprecated in favour of
+    ``cuda.bindings.utils.get_cuda_native_handle``; older 12.x releases have no such module and
+    ``__int__`` is their documented (and not deprecated) way.
+    """
+    if isinstance(obj, int):
+        return obj  # already a raw address
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)  # cuda-bindings < 12.9.1
+    return int(get_cuda_native_handle(obj))
+
+
+def installed_cuda_majors() -> dict[str, int | None]:
+    """CUDA major of the installed TensorRT wheel and of cuda-python / cuda-bindings (None: absent)."""
+    def major(dist: str) -> int | None:
+        try:
+            return int(importlib.metadata.version(dist).split(".")[0])
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            return None
+
+    tensorrt = next((cuda for cuda, dist in TENSORRT_EXTRAS.items() if major(dist) is not None), None)
+    return {"tensorrt": tensorrt, "cuda_python": major("cuda-bindings") or major("cuda-python")}
+
+
+def tensorrt_pairing(driver_cuda: str | None) -> dict[str, Any]:
+    """Which ``batchforge[tensorrt-cuXX]`` extra this driver supports, and whether the installed pair fits.
+
+    A driver runs CUDA majors up to the one it reports (``cudaDriverGetVersion``); the newest
+    pairing it supports is the one to pick.
+
+    Args:
+        driver_cuda: the driver's CUDA version (``"12.9"``), or None/"0.0" when unknown.
+    Returns:
+        ``{"driver_cuda", "supported": [extras], "recommended", "installed", "problems": [...]}``.
+    """
+    driver_major = int(driver_cuda.split(".")[0]) if driver_cuda and driver_cuda != "0.0" else None
+    supported = [extra for cuda, extra in sorted(TENSORRT_EXTRAS.items())
+                 if driver_major is not None and cuda <= driver_major]
+    installed = installed_cuda_majors()
+    problems = []
+    if installed["tensorrt"] and installed["cuda_python"] and installed["tensorrt"] != installed["cuda_python"]:
+        problems.append(f"TensorRT for CUDA {installed['tensorrt']} with cuda-python "
+                        f"{installed['cuda_python']}.x: install one pairing, "
+                        f"`pip install 'batchforge[{TENSORRT_EXTRAS[installed['tensorrt']]}]'`")
+    for what in ("tensorrt", "cuda_python"):
+        if driver_major is not None and (installed[what] or 0) > driver_major:
+            problems.append(f"{what} is built for CUDA {installed[what]}, the driver supports CUDA "
+                            f"{driver_cuda}: no device will be seen")
+    return {"driver_cuda": driver_cuda if driver_major is not None else None, "supported": supported,
+            "recommended": supported[-1] if supported else None, "installed": installed,
+            "problems": problems}
+
+
 def set_device(index: int) -> None:
     cudart = require_cudart()
     check(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
@@ -172,11 +234,7 @@ class Stream:
     def __init__(self) -> None:
         self._cudart = require_cudart()
         self._stream = check(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")
-
-    @property
-    def handle(self) -> int:
-        """The raw ``cudaStream_t`` as an int (what ``execute_async_v3`` takes)."""
-        return int(self._stream)
+        self.handle = native_handle(self._stream)  # the raw cudaStream_t execute_async_v3 takes
 
     def copy_to_device(self, device_ptr: int, host_ptr: int, nbytes: int) -> None:
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice

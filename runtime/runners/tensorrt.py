@@ -5,14 +5,20 @@ when this module is imported. Activation verifies the plan's bytes (size, sha256
 machine's TensorRT version / GPU against the manifest *before* deserialising exactly those bytes.
 
 Execution: pinned host buffers and device buffers sized once for the profile's max batch, one
-CUDA stream, ``set_input_shape`` + ``execute_async_v3`` per batch. Threads: the engine is shared
-and every thread that calls ``infer`` gets its own execution context, stream and buffers
-(created on its first call, all freed by ``deactivate``), so concurrent ``infer`` calls from
-different threads do not serialise on a lock and never share buffers.
+CUDA stream, ``set_input_shape`` + ``execute_async_v3`` per batch. Threads: the engine is shared;
+execution contexts (each with its stream and buffers, and the activation memory TensorRT gives
+it) come from a bounded pool of ``max_contexts``, made on demand and shared by all threads: a
+call borrows one for its batch and hands it back, so memory is bounded by the pool, not by the
+number of threads that ever called, and nothing stays tied to a finished thread. All are freed
+by ``deactivate``. (Not measured on a GPU yet: scripts/gpu_check.sh is where to measure it.)
+
+TensorRT's own messages go to the ``batchforge.tensorrt`` logger (warnings at WARNING), and
+TensorRT's plugin library is registered before a plan is deserialised.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -42,6 +48,52 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+LOG = logging.getLogger("batchforge.tensorrt")
+DEFAULT_MAX_CONTEXTS = 2
+
+
+def make_logger(trt: Any, log: logging.Logger = LOG) -> Any:
+    """A ``tensorrt.ILogger`` that forwards TensorRT's messages to ``log``.
+
+    Severities from ``ILogger::Severity`` (TensorRT 11.1 include/NvInferRuntime.h:1590: kINTERNAL_ERROR
+    = 0, kERROR = 1, kWARNING = 2, kINFO = 3, kVERBOSE = 4), exposed as ``trt.ILogger.Severity``;
+    a Python subclass must call ``ILogger.__init__`` and implement ``log(severity, msg)``.
+    Keep the returned object alive as long as the builder/runtime that uses it.
+    """
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.CRITICAL, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.INFO,
+              severity.VERBOSE: logging.DEBUG}
+
+    class ForwardingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, level: Any, msg: str) -> None:
+            log.log(levels.get(level, logging.WARNING), "TensorRT: %s", msg)
+
+    return ForwardingLogger()
+
+
+def init_plugins(trt: Any, logger: Any) -> None:
+    """Registers TensorRT's standard plugins (``init_libnvinfer_plugins(logger, "")``) once per call site."""
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        LOG.warning("TensorRT: init_libnvinfer_plugins failed; plans or ONNX models that use the "
+                    "standard plugins will not load")
+
+
+def numpy_dtype(trt: Any, name: str, trt_dtype: Any) -> np.dtype:
+    """The NumPy dtype of an engine I/O tensor; BF16/FP8/FP4 I/O (no NumPy type) is a clear error."""
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except TypeError:
+        raise ConfigError(
+            f"engine I/O tensor {name!r} is {getattr(trt_dtype, 'name', trt_dtype)}, which NumPy cannot "
+            "hold (expected float32, float16, int8, int32, int64, uint8 or bool)",
+            hint="export the model with float32/float16 inputs and outputs (cast inside the graph) "
+                 "and rebuild the engine") from None
+
+
 def current_environment(trt: Any, device: int = 0) -> EngineEnvironment:
     """This machine's TensorRT version and GPU, for ``check_before_load``."""
     if cuda_util.device_count() <= device:
@@ -52,9 +104,9 @@ def current_environment(trt: Any, device: int = 0) -> EngineEnvironment:
     return EngineEnvironment(str(trt.__version__), info.compute_capability, info.name)
 
 
-@dataclass
-class _ThreadState:
-    """One thread's execution context, stream and buffers."""
+@dataclass(eq=False)
+class _ExecState:
+    """One pooled execution context with its stream and buffers."""
 
     context: Any
     stream: cuda_util.Stream
@@ -75,7 +127,7 @@ class TensorRTRunner(Runner):
 
     def __init__(self, plan_path: str | os.PathLike[str], manifest: EngineManifest, *,
                  onnx_path: str | os.PathLike[str] | None = None, device: int = 0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, max_contexts: int = DEFAULT_MAX_CONTEXTS) -> None:
         super().__init__(name=name or f"{manifest.model}:{manifest.precision}:tensorrt",
                          profile=manifest.profile)
         self.plan_path = Path(plan_path)
@@ -88,19 +140,26 @@ class TensorRTRunner(Runner):
         self._inputs: tuple[str, ...] = ()
         self._outputs: tuple[str, ...] = ()
         self._dtypes: dict[str, np.dtype] = {}
-        self._local = threading.local()
-        self._states: list[_ThreadState] = []
-        self._states_lock = threading.Lock()
+        if not isinstance(max_contexts, int) or max_contexts < 1:
+            raise ConfigError(f"max_contexts must be an integer >= 1, got {max_contexts!r}")
+        self.max_contexts = max_contexts
+        self._logger: Any = None
+        self._local = threading.local()  # only remembers that this thread has set the device
+        self._states: list[_ExecState] = []  # every context made (idle or borrowed)
+        self._idle: list[_ExecState] = []
+        self._pool = threading.Condition()
 
     @classmethod
     def from_artifacts(cls, artifacts: ModelArtifacts, precision: Precision | str, *,
-                       spec: ModelSpec | None = None) -> TensorRTRunner:
+                       spec: ModelSpec | None = None,
+                       max_contexts: int = DEFAULT_MAX_CONTEXTS) -> TensorRTRunner:
         """A runner for ``engine.P.plan`` in a model folder (its manifest is read and matched).
 
         Args:
             artifacts: the model folder.
             precision: which plan (fp32, fp16, int8).
             spec: the model spec; its input names must be the engine's.
+            max_contexts: execution contexts shared by all calling threads.
         """
         precision = Precision(precision)
         hint = (f"build it with `batchforge build {artifacts.model} --precision {precision.value} "
@@ -119,7 +178,7 @@ class TensorRTRunner(Runner):
                                   f"of {spec.name!r} names {sorted(spec.input_names)}", hint=hint)
         onnx = artifacts.onnx(precision)
         return cls(artifacts.plan(precision), manifest, onnx_path=onnx if onnx.is_file() else None,
-                   name=f"{artifacts.model}:{precision.value}:tensorrt")
+                   name=f"{artifacts.model}:{precision.value}:tensorrt", max_contexts=max_contexts)
 
     # -- lifecycle -------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -128,7 +187,8 @@ class TensorRTRunner(Runner):
         environment = current_environment(trt, self.device)
         plan = check_before_load(self.manifest, self.plan_path, environment, onnx_path=self.onnx_path)
         cuda_util.set_device(self.device)
-        logger = trt.Logger(trt.Logger.ERROR)  # warnings would leak onto users' stderr
+        logger = make_logger(trt)
+        init_plugins(trt, logger)
         runtime = trt.Runtime(logger)
         if self.manifest.version_compatible:
             # A version-compatible plan embeds its lean runtime: host code TensorRT must be
@@ -139,20 +199,21 @@ class TensorRTRunner(Runner):
             raise BatchforgeError(
                 f"TensorRT {trt.__version__} could not deserialise {self.plan_path} although its "
                 "manifest checks passed", hint=self.manifest.rebuild_hint())
-        self._trt, self._runtime, self._engine = trt, runtime, engine
+        self._trt, self._runtime, self._engine, self._logger = trt, runtime, engine, logger
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self._outputs = tuple(n for n in names if n not in self._inputs)
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._dtypes = {n: numpy_dtype(trt, n, engine.get_tensor_dtype(n)) for n in names}
         self._local = threading.local()
 
     def deactivate_impl(self) -> None:
-        with self._states_lock:
-            states, self._states = self._states, []
+        with self._pool:
+            states, self._states, self._idle = self._states, [], []
         for state in states:
-            state.free()
+            if state is not None:  # None: a context still being made when deactivated
+                state.free()
         self._local = threading.local()
-        self._engine = self._runtime = self._trt = None
+        self._engine = self._runtime = self._trt = self._logger = None
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -167,17 +228,36 @@ class TensorRTRunner(Runner):
         return metas
 
     # -- execution -------------------------------------------------------------------------
-    def _thread_state(self) -> _ThreadState:
-        state = getattr(self._local, "state", None)
-        if state is None:
+    def _borrow(self) -> _ExecState:
+        """An idle pooled context, a new one while fewer than ``max_contexts`` exist, else wait."""
+        if not getattr(self._local, "device_set", False):
+            cuda_util.set_device(self.device)  # the runtime API's current device is per thread
+            self._local.device_set = True
+        with self._pool:
+            while not self._idle and len(self._states) >= self.max_contexts:
+                self._pool.wait()
+            if self._idle:
+                return self._idle.pop()
+            placeholder = None
+            self._states.append(placeholder)  # reserve the slot while the context is made
+        try:
             state = self._new_state()
-            self._local.state = state
-            with self._states_lock:
-                self._states.append(state)
+        except BaseException:
+            with self._pool:
+                self._states.remove(placeholder)
+                self._pool.notify()
+            raise
+        with self._pool:
+            self._states[self._states.index(placeholder)] = state
         return state
 
-    def _new_state(self) -> _ThreadState:
-        cuda_util.set_device(self.device)  # the runtime API's current device is per thread
+    def _give_back(self, state: _ExecState) -> None:
+        with self._pool:
+            if state in self._states:  # not when deactivate already freed it
+                self._idle.append(state)
+                self._pool.notify()
+
+    def _new_state(self) -> _ExecState:
         context = self._engine.create_execution_context()
         if context is None:
             raise BatchforgeError(f"TensorRT could not create an execution context for {self.name} "
@@ -191,7 +271,7 @@ class TensorRTRunner(Runner):
         if dynamic:
             raise BatchforgeError(f"engine {self.name} has data-dependent output shapes {dynamic}, "
                                   "which this runner does not support")
-        state = _ThreadState(context, cuda_util.Stream(), {}, {})
+        state = _ExecState(context, cuda_util.Stream(), {}, {})
         for name, shape in shapes.items():
             nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize
             state.host[name] = cuda_util.PinnedBuffer(nbytes)
@@ -201,7 +281,13 @@ class TensorRTRunner(Runner):
         return state
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        state = self._thread_state()
+        state = self._borrow()
+        try:
+            return self._run(state, feed)
+        finally:
+            self._give_back(state)
+
+    def _run(self, state: _ExecState, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self._inputs:
             array = np.ascontiguousarray(feed[name])
             state.host[name].view(array.dtype, array.size)[...] = array.reshape(-1)

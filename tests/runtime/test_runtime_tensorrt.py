@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import enum
+import logging
 import subprocess
 import sys
 import threading
@@ -74,7 +75,7 @@ def _manifest(artifacts, *, version="10.13.0.35", sm="9.0", precision=FP32, **op
     plan_path.write_bytes(PLAN)
     manifest = make_manifest(artifacts, config, plan_path, PLAN, artifacts.onnx(FP32),
                              input_profiles(artifacts.spec(), config.profile), artifacts.spec().to_dict(),
-                             version, {"compute_capability": sm})
+                             version, {"compute_capability": sm, "gpu_name": "Emulated GPU"})
     write_manifest(artifacts.plan_manifest(precision), manifest)
     return manifest
 
@@ -165,7 +166,7 @@ class EmulatedEngine:
         return self.trt.TensorIOMode.INPUT if name == "images" else self.trt.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name):
-        return "float32"
+        return self.trt.io_dtype
 
     def get_tensor_shape(self, name):
         return (-1, 3, 8, 8) if name == "images" else (-1, 5)
@@ -209,26 +210,39 @@ class EmulatedContext:
 def emulated_tensorrt(version="10.13.0.35"):
     model = tiny_embedder_onnx()
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    trt = SimpleNamespace(__version__=version, deserialized=[], runtimes=[],
-                          TensorIOMode=enum.Enum("TensorIOMode", "INPUT OUTPUT"),
-                          nptype=lambda dtype: np.dtype(dtype).type)
+    def nptype(dtype):
+        if dtype == "bfloat16":  # like trt.nptype: BF16/FP8 have no NumPy type
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return np.dtype(dtype).type
 
-    def logger(severity):
-        return severity
+    class ILogger:
+        Severity = enum.IntEnum("Severity", {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3,
+                                             "VERBOSE": 4})
 
-    logger.ERROR = "ERROR"
+        def __init__(self):
+            pass
+
+    trt = SimpleNamespace(__version__=version, deserialized=[], runtimes=[], plugins=[], warn_on_load=None,
+                          io_dtype="float32", TensorIOMode=enum.Enum("TensorIOMode", "INPUT OUTPUT"),
+                          nptype=nptype, ILogger=ILogger,
+                          init_libnvinfer_plugins=lambda logger, ns: trt.plugins.append(ns) or True)
 
     class Runtime:
-        def __init__(self, log):
+        def __init__(self, logger):
+            assert isinstance(logger, ILogger)
+            self.logger = logger
             self.engine_host_code_allowed = False
             trt.runtimes.append(self)
 
         def deserialize_cuda_engine(self, plan):
+            assert trt.plugins == [""], "plugins must be registered before deserialising"
+            if trt.warn_on_load:
+                self.logger.log(ILogger.Severity.WARNING, trt.warn_on_load)
             trt.deserialized.append(bytes(plan))
             trt.engine = EmulatedEngine(trt, weights["W"], weights["B"])
             return trt.engine
 
-    trt.Logger, trt.Runtime = logger, Runtime
+    trt.Runtime = Runtime
     return trt
 
 
@@ -315,12 +329,17 @@ def test_version_compatible_plan_allows_its_embedded_lean_runtime(artifacts, emu
         assert trt.runtimes[-1].engine_host_code_allowed is True
 
 
-def test_each_thread_gets_its_own_context_and_buffers(artifacts, emulated):
+@pytest.mark.parametrize("max_contexts", [1, 2, 4])
+def test_threads_share_a_bounded_pool_of_contexts(artifacts, emulated, max_contexts):
+    """Contexts (and their activation memory) are bounded by the pool, not by the threads that called.
+
+    Emulated: the memory held per context was not measured on a GPU.
+    """
     trt, cudart = emulated
     _manifest(artifacts)
     results, errors = {}, []
-    with TensorRTRunner.from_artifacts(artifacts, FP32) as runner, _ort() as ort:
-        expected = {i: ort.infer({"images": _batch(4, seed=i)})["embedding"] for i in range(4)}
+    with TensorRTRunner.from_artifacts(artifacts, FP32, max_contexts=max_contexts) as runner, _ort() as ort:
+        expected = {i: ort.infer({"images": _batch(4, seed=i)})["embedding"] for i in range(6)}
 
         def work(i):
             try:
@@ -329,16 +348,72 @@ def test_each_thread_gets_its_own_context_and_buffers(artifacts, emulated):
             except Exception as exc:  # surfaced below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert not errors
-        assert trt.engine.contexts == 4
-        for i in range(4):
+        assert 1 <= trt.engine.contexts <= max_contexts
+        for i in range(6):
             np.testing.assert_allclose(results[i], expected[i], rtol=1e-5, atol=1e-6)
+        before = (trt.engine.contexts, len(cudart.live))
+        late = threading.Thread(target=lambda: runner.infer({"images": _batch(2)}))  # a new thread reuses one
+        late.start()
+        late.join()
+        assert (trt.engine.contexts, len(cudart.live)) == before
     assert cudart.live == {}
+
+
+def test_max_contexts_must_be_positive(artifacts):
+    _manifest(artifacts)
+    with pytest.raises(ConfigError, match="max_contexts must be an integer >= 1, got 0"):
+        TensorRTRunner.from_artifacts(artifacts, FP32, max_contexts=0)
+
+
+def test_plugins_are_registered_and_tensorrt_warnings_reach_our_logger(artifacts, emulated, caplog):
+    trt, _ = emulated
+    trt.warn_on_load = "Using an engine plan file across different models of devices is not recommended"
+    _manifest(artifacts)
+    with caplog.at_level(logging.WARNING, logger="batchforge.tensorrt"), TensorRTRunner.from_artifacts(artifacts, FP32):
+        pass
+    assert trt.plugins == [""]
+    assert [(r.name, r.levelno) for r in caplog.records] == [("batchforge.tensorrt", logging.WARNING)]
+    assert "across different models of devices" in caplog.records[0].getMessage()
+
+
+def test_bf16_io_is_a_clear_error_not_a_type_error(artifacts, emulated):
+    trt, _ = emulated
+    trt.io_dtype = "bfloat16"
+    _manifest(artifacts)
+    runner = TensorRTRunner.from_artifacts(artifacts, FP32)
+    with pytest.raises(ConfigError, match="engine I/O tensor 'images' is bfloat16, which NumPy cannot hold") as info:
+        runner.activate()
+    assert "float32/float16 inputs and outputs" in info.value.one_line()
+
+
+def test_stream_handle_uses_get_cuda_native_handle_when_cuda_bindings_has_it(monkeypatch):
+    cudart = EmulatedCudart()
+    stream = SimpleNamespace(__int__=None)
+    cudart.cudaStreamCreate = lambda: (cudart.cudaError_t.cudaSuccess, stream)
+    monkeypatch.setattr(cuda_util, "load_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-bindings < 12.9.1: no utils
+    with pytest.raises(TypeError):  # the 12.x fallback is int(obj), which this stand-in refuses
+        cuda_util.Stream()
+    seen = []
+    utils = SimpleNamespace(get_cuda_native_handle=lambda obj: seen.append(obj) or 0x7F00)
+    monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace(__path__=[]))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", SimpleNamespace(__path__=[], utils=utils))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+    assert cuda_util.Stream().handle == 0x7F00 and seen == [stream]
+
+
+def test_no_int_of_a_cuda_object_outside_the_12x_fallback():
+    from pathlib import Path
+
+    source = Path(cuda_util.__file__).read_text() + Path(sys.modules[TensorRTRunner.__module__].__file__).read_text()
+    assert "int(self._stream)" not in source and "int(stream)" not in source
+    assert source.count("int(obj)") == 1  # native_handle's fallback for cuda-bindings < 12.9.1
 
 
 def test_cuda_errors_name_the_call():
