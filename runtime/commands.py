@@ -175,6 +175,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         info["auto_backend"] = resolve_backend("auto").value
     except Exception as exc:  # doctor reports, never fails on a missing backend
         info["auto_backend"] = f"none ({exc})"
+    info["tensorrt_pairing"] = _pairing_report(info["cuda"])
     info["lock"] = _lock_report(args.lock)
     code = 1 if args.strict_lock and info["lock"].get("drift") else 0
     if args.json:
@@ -196,6 +197,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"  GPU {device['index']}: {device['name']} ({device['sm']}, {device['memory_mib']} MiB)")
     smi = "; ".join(info["gpus"]) if info["gpus"] else "none found (no nvidia-smi)"
     print(f"driver (nvidia-smi): {smi}")
+    print(_pairing_line(info["tensorrt_pairing"]))
     print("backends:")
     for name, status in info["backends"].items():
         print(f"  {name:18} {'yes' if status['available'] else 'no ':3}  {status['detail']}")
@@ -210,6 +212,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print(f"lock {lock['path']}: all {lock['pinned']} pinned packages match")
     return code
+
+
+def _pairing_report(cuda: dict[str, object]) -> dict[str, object]:
+    """Which TensorRT/cuda-python pairing (extra) this driver supports, and whether the installed one fits."""
+    from batchforge.runtime.runners import cuda_util
+
+    driver = cuda.get("cuda_driver")
+    return cuda_util.tensorrt_pairing(driver if isinstance(driver, str) else None)
+
+
+def _pairing_line(pairing: dict[str, object]) -> str:
+    if pairing["driver_cuda"] is None:
+        line = ("TensorRT pairing: driver CUDA version unknown (needs cuda-python and a driver); "
+                "`nvidia-smi` shows it: CUDA 13.x -> batchforge[tensorrt-cu13], 12.x -> batchforge[tensorrt-cu12]")
+    elif not pairing["supported"]:
+        line = f"TensorRT pairing: the driver supports CUDA {pairing['driver_cuda']}, too old for either extra"
+    else:
+        line = (f"TensorRT pairing: the driver supports CUDA {pairing['driver_cuda']}: install "
+                f"`pip install 'batchforge[{pairing['recommended']}]'`"
+                + (f" (also works: {', '.join(pairing['supported'][:-1])})" if len(pairing["supported"]) > 1
+                   else ""))
+    problems = pairing["problems"]
+    return line + ("; " + "; ".join(problems) if problems else "")  # type: ignore[arg-type]
 
 
 def _lock_report(path: str | None) -> dict[str, object]:
