@@ -2,7 +2,10 @@
 
 Steps: doctor; export + calibration data + FP16/INT8 for the zoo (when missing); a strongly typed
 TensorRT build of every zoo model at each precision (one shared timing cache); the parity gate
-on TensorRT; the gpu-marked tests; a TensorRT vs ONNX Runtime bench; a short table last.
+on TensorRT; Polygraphy's own comparison (`polygraphy run model.P.onnx --trt --onnxrt`, our
+raw tolerances) as an independent cross-check of our TensorRT path; the gpu-marked tests; a
+TensorRT vs ONNX Runtime bench; a short table last. Polygraphy lives only in this script, never
+in runtime/.
 Without TensorRT, cuda-python or a GPU it says what is missing and exits 2 after doctor.
 
 Exit: 0 everything passed, 1 a build, parity check, test or bench failed, 2 could not run.
@@ -50,11 +53,13 @@ def missing_prerequisites() -> list[str]:
         missing.append("NVIDIA driver: nvidia-smi not found (install the NVIDIA driver)")
     if importlib.util.find_spec("tensorrt") is None:
         missing.append("TensorRT: the tensorrt package is not installed "
-                       "(`pip install 'batchforge[tensorrt]'`, wheels from https://pypi.nvidia.com)")
+                       "(`pip install 'batchforge[tensorrt-cu13]'`, or `[tensorrt-cu12]` on a CUDA 12 "
+                       "driver; `batchforge doctor` says which)")
     from batchforge.runtime.runners import cuda_util
 
     if cuda_util.load_cudart() is None:
-        missing.append("cuda-python: not installed (`pip install 'batchforge[tensorrt]'`)")
+        missing.append("cuda-python: not installed (`pip install 'batchforge[tensorrt-cu13]'` or "
+                       "`[tensorrt-cu12]`, the pair of the installed TensorRT)")
     else:
         count, why = cuda_util.probe_devices()
         if not count:
@@ -153,13 +158,55 @@ def _ips(runner, feed, batch: int) -> float:
     return batch / statistics.median(times)
 
 
-def print_table(models, precisions, built, statuses, benched, test_rc) -> None:
+# Raw-output limits for the Polygraphy cross-check when the manifest records none (its
+# "raw_max_rel" row, parity/tolerances.py, is used first): fp32 and fp16 as the parity tiers;
+# int8 as the detector/facepose int8 raw_max_rel measured there.
+POLYGRAPHY_DEFAULT_TOL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
+
+
+def polygraphy_cross_check(models: list[dict], precisions: list[str], output_dir: str, built: dict,
+                           log: Path) -> dict[tuple[str, str], str]:
+    """``polygraphy run model.P.onnx --trt --onnxrt`` per built plan, with the plan's profile and tolerances.
+
+    Independent of batchforge's TensorRT code: Polygraphy builds its own strongly typed engine
+    from the same ONNX and compares every output with ONNX Runtime (pass = each element within
+    atol or rtol). Returns "pass"/"FAIL"/"skipped" per (model, precision).
+    """
+    if shutil.which("polygraphy") is None and importlib.util.find_spec("polygraphy") is None:
+        print("polygraphy cross-check skipped: polygraphy is not installed (`pip install polygraphy`)")
+        return {}
+    results = {}
+    for model in models:
+        for precision in precisions:
+            key = (model["name"], precision)
+            folder = Path(output_dir) / model["name"]
+            manifest_path = folder / f"engine.{precision}.json"
+            if built.get(key, {}).get("build_rc") or not manifest_path.is_file():
+                results[key] = "skipped"
+                continue
+            manifest = json.loads(manifest_path.read_text())
+            row = (manifest.get("tolerances") or {}).get("raw_max_rel") or {}
+            tol = float(row.get("value", POLYGRAPHY_DEFAULT_TOL[precision]))
+            shapes = {k: [f"{i['name']}:{list(i[k])}".replace(" ", "") for i in manifest["inputs"]]
+                      for k in ("min", "opt", "max")}
+            cmd = [sys.executable, "-m", "polygraphy", "run", str(folder / manifest["onnx_file"]), "--trt",
+                   "--onnxrt", "--strongly-typed", "--atol", str(tol), "--rtol", str(tol),
+                   "--trt-min-shapes", *shapes["min"], "--trt-opt-shapes", *shapes["opt"],
+                   "--trt-max-shapes", *shapes["max"], "--input-shapes", *shapes["opt"]]
+            if shutil.which("polygraphy"):
+                cmd[:3] = ["polygraphy"]
+            results[key] = "pass" if sh(cmd, log)[0] == 0 else "FAIL"
+    return results
+
+
+def print_table(models, precisions, built, statuses, benched, test_rc, cross=None) -> None:
     def num(value, fmt):
         return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
     print("\n== GPU check summary ==")
-    print(f"{'model':22} {'prec':5} {'build':>7} {'plan MB':>8} {'parity':>9} {'TRT b1':>8} {'TRT bmax':>9} "
-          f"{'ORT bmax':>9} {'TRT/ORT':>8}")
+    cross = cross or {}
+    print(f"{'model':22} {'prec':5} {'build':>7} {'plan MB':>8} {'parity':>9} {'polygr.':>8} {'TRT b1':>8} "
+          f"{'TRT bmax':>9} {'ORT bmax':>9} {'TRT/ORT':>8}")
     for model in models:
         for precision in precisions:
             key = (model["name"], precision)
@@ -167,7 +214,7 @@ def print_table(models, precisions, built, statuses, benched, test_rc) -> None:
             build = "FAIL" if b.get("build_rc") else num(b.get("build_s"), ".1f") + "s"
             ratio = (r["trt_bmax"] / r["ort_bmax"]) if "trt_bmax" in r and "ort_bmax" in r else None
             print(f"{model['name']:22} {precision:5} {build:>7} {num(b.get('plan_mb'), '.1f'):>8} "
-                  f"{statuses.get(key, '-'):>9} {num(r.get('trt_b1'), '.0f'):>8} "
+                  f"{statuses.get(key, '-'):>9} {cross.get(key, '-'):>8} {num(r.get('trt_b1'), '.0f'):>8} "
                   f"{num(r.get('trt_bmax'), '.0f'):>9} {num(r.get('ort_bmax'), '.0f'):>9} "
                   f"{num(ratio, '.2f'):>8}")
     print(f"gpu-marked tests: {'passed' if test_rc == 0 else f'FAILED (exit {test_rc})'}; "
@@ -206,13 +253,15 @@ def main() -> int:
     prepare(models, precisions, out, work, log)
     built = build_all(models, precisions, out, work, log)
     parity_rc, statuses = parity(precisions, out, work, log)
+    cross = polygraphy_cross_check(models, precisions, out[1], built, log)
     test_rc = 0 if args.skip_tests else sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs",
                                             "-p", "no:cacheprovider"], log)[0]
     benched = bench(models, precisions, out[1], built)
     (work / "bench_tensorrt.json").write_text(json.dumps(
         [{"model": m, "precision": p, **row} for (m, p), row in benched.items()], indent=2))
-    print_table(models, precisions, built, statuses, benched, test_rc)
-    failed = any(b["build_rc"] for b in built.values()) or parity_rc or test_rc
+    print_table(models, precisions, built, statuses, benched, test_rc, cross)
+    failed = (any(b["build_rc"] for b in built.values()) or parity_rc or test_rc
+              or "FAIL" in cross.values())
     print(f"\nlog: {log}; parity report: {work / 'parity_tensorrt.json'}")
     return 1 if failed else 0
 
