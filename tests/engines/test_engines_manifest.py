@@ -226,7 +226,7 @@ def test_level_none_refuses_another_gpu_model_with_the_same_compute_capability(b
     plan = artifacts.plan(Precision.FP32)
     check_before_load(manifest, plan, _here())
     for other in ("NVIDIA H200", "", "unknown"):
-        with pytest.raises(EngineCompatibilityError, match="level none .* holds only on the GPU model") as info:
+        with pytest.raises(EngineCompatibilityError, match=r"level none .* holds only on the GPU model") as info:
             check_before_load(manifest, plan, _here(gpu=other))
         _one_line_says_what_to_rebuild(info, manifest, "built on NVIDIA H100 80GB HBM3", "both sm_90",
                                        "--hardware-compat same_compute_capability")
