@@ -44,7 +44,8 @@ class Backend(str, enum.Enum):
 
 INSTALL_HINTS = {
     Backend.TENSORRT: "install TensorRT on an NVIDIA GPU machine: `pip install 'batchforge[tensorrt]'` "
-    "(wheels come from NVIDIA's index, https://pypi.nvidia.com)",
+    "for a CUDA 13 driver, `pip install 'batchforge[tensorrt-cu12]'` for CUDA 12 (`batchforge doctor` "
+    "says which the driver supports)",
     Backend.ONNXRUNTIME_CPU: "install `pip install 'batchforge[cpu]'`",
     Backend.ONNXRUNTIME_CUDA: "install `pip install 'batchforge[gpu]'` on a CUDA machine "
     "(and uninstall the CPU-only onnxruntime)",

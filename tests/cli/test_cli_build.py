@@ -27,7 +27,8 @@ def test_build_tensorrt_without_tensorrt_exits_2_with_one_line(tmp_path, capsys)
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
     assert "TensorRT is not installed" in lines[0]
-    assert "pip install 'batchforge[tensorrt]'" in lines[0] and "pypi.nvidia.com" in lines[0]
+    assert "pip install 'batchforge[tensorrt]'" in lines[0] and "[tensorrt-cu12]" in lines[0]
+    assert "pypi.nvidia.com" not in lines[0]  # the PyPI wheels need no extra index
     assert not (tmp_path / "tiny" / "engine.fp32.plan").exists()
 
 
