@@ -290,13 +290,14 @@ def test_batch_by_batch_ranges_equal_ort_one_shot_calibration(tmp_path, method):
     items[17, 2] = -25.0
     data = data_of(list(items))  # 5 batches of 8 with different spreads
     options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS} if method == "entropy" else {}
-    write_ranges(tmp_path / "m.onnx", data, tmp_path / "streamed.json", method, QUANTIZED_OPS, options)
+    write_ranges(tmp_path / "m.onnx", data, tmp_path / "streamed.json", method, QUANTIZED_OPS, options,
+                 batch_size=8)
     kind = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
             "minmax": CalibrationMethod.MinMax}[method]
     one_shot = create_calibrator(tmp_path / "m.onnx", list(QUANTIZED_OPS),
                                  augmented_model_path=str(tmp_path / "aug.onnx"), calibrate_method=kind,
                                  extra_options=options)
-    one_shot.collect_data(FeedReader(data))  # ORT: every batch's activations, then one histogram
+    one_shot.collect_data(FeedReader(data, 8))  # ORT: every batch's activations, then one histogram
     save_tensors_data(one_shot.compute_data(), tmp_path / "one_shot.json")
     streamed = json.loads((tmp_path / "streamed.json").read_text())
     expected = json.loads((tmp_path / "one_shot.json").read_text())
