@@ -93,7 +93,7 @@ def test_int8_faults_fail_and_are_localised(zoo_copy, tmp_path):
 
     write_samples("reid", tmp_path / "calib", 32, seed=4000)
     assert main(["calibrate", "reid_resnet50", "--data", str(tmp_path / "calib"), "--max-excluded", "0",
-                 *out]) == 0
+                 "--samples", "16", *out]) == 0
     assert parity(zoo_copy, "--precision", "int8") == 0
 
     def wrong_dequantize_scale(model):
