@@ -72,7 +72,7 @@ def streamed_histograms(calibrator: Any, data: CalibrationData, batch_size: int 
     absolute = collector.method == "percentile" and collector.symmetric  # ORT's collect_absolute_value
     lo: dict[str, np.ndarray] = {}
     hi: dict[str, np.ndarray] = {}
-    low: dict[str, np.ndarray] = {}  # of |x| (absolute) or -threshold (value)
+    low: dict[str, np.ndarray] = {}  # min and max of |x|: the histogram range when absolute
     high: dict[str, np.ndarray] = {}
     for batch in _activations(calibrator, data, batch_size):  # pass 1: ranges
         for name, value in batch.items():
@@ -100,7 +100,7 @@ def streamed_histograms(calibrator: Any, data: CalibrationData, batch_size: int 
             hist, edge = np.histogram(np.absolute(flat) if absolute else flat, collector.num_bins,
                                       range=edges_range[name])
             counts[name] = hist if name not in counts else counts[name] + hist
-            edges[name] = edge
+            edges.setdefault(name, edge)  # the same edges every batch: the range is fixed
     for name in counts:
         if absolute:
             collector.histogram_dict[name] = (counts[name], edges[name].astype(lo[name].dtype), lo[name], hi[name])

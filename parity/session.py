@@ -190,13 +190,14 @@ class ParitySession:
     def release(self, name: str, precision: Precision) -> None:
         """Done with one model at one precision: closes its engine session (arenas hold GBs at
         max batch) and drops its prepared inputs; the raw outputs stay for the ensembles."""
-        for key in [k for k in self._engine_runs if k[:2] == (name, precision.value)]:
+        held = [k for k, run in self._engine_runs.items()
+                if k[:2] == (name, precision.value) and run.pipeline is not None]
+        for key in held:
             run = self._engine_runs[key]
-            if run.pipeline is not None:
-                run.pipeline.deactivate()
+            run.pipeline.deactivate()  # type: ignore[union-attr]
             self._engine_runs[key] = EngineRun(None, [], run.raw)
-        self._modules.pop(name, None)
-        release_memory()
+        if self._modules.pop(name, None) is not None or held:  # a second call frees nothing
+            release_memory()
 
     def close(self) -> None:
         for run in self._engine_runs.values():

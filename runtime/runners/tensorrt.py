@@ -147,6 +147,7 @@ class TensorRTRunner(Runner):
         self._local = threading.local()  # only remembers that this thread has set the device
         self._states: list[_ExecState] = []  # every context made (idle or borrowed)
         self._idle: list[_ExecState] = []
+        self._making = 0  # contexts being made right now (they count against max_contexts)
         self._pool = threading.Condition()
 
     @classmethod
@@ -210,8 +211,7 @@ class TensorRTRunner(Runner):
         with self._pool:
             states, self._states, self._idle = self._states, [], []
         for state in states:
-            if state is not None:  # None: a context still being made when deactivated
-                state.free()
+            state.free()
         self._local = threading.local()
         self._engine = self._runtime = self._trt = self._logger = None
 
@@ -234,21 +234,19 @@ class TensorRTRunner(Runner):
             cuda_util.set_device(self.device)  # the runtime API's current device is per thread
             self._local.device_set = True
         with self._pool:
-            while not self._idle and len(self._states) >= self.max_contexts:
+            while not self._idle and len(self._states) + self._making >= self.max_contexts:
                 self._pool.wait()
             if self._idle:
                 return self._idle.pop()
-            placeholder = None
-            self._states.append(placeholder)  # reserve the slot while the context is made
+            self._making += 1
         try:
             state = self._new_state()
-        except BaseException:
+        finally:
             with self._pool:
-                self._states.remove(placeholder)
+                self._making -= 1
                 self._pool.notify()
-            raise
         with self._pool:
-            self._states[self._states.index(placeholder)] = state
+            self._states.append(state)
         return state
 
     def _give_back(self, state: _ExecState) -> None:
