@@ -91,7 +91,8 @@ def compare_graphs(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     Returns:
         Errors in the reference graph's topological order.
     """
-    shared = [n for n in float_tensors(reference) if n in set(float_tensors(candidate))]
+    in_candidate = set(float_tensors(candidate))
+    shared = [n for n in float_tensors(reference) if n in in_candidate]
     squared_diff = dict.fromkeys(shared, 0.0)
     squared_ref = dict.fromkeys(shared, 0.0)
     for ref_out, cand_out in zip(stream_activations(reference, shared, batches),

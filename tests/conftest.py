@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -58,6 +59,27 @@ def _export_zoo(tmp_path_factory, folder: str, *models: str):
 def resnet_artifacts(tmp_path_factory):
     """reid_resnet50 from the zoo, exported once for the slow parity tests."""
     return _export_zoo(tmp_path_factory, "zoo", "reid_resnet50")
+
+
+@pytest.fixture(scope="session")
+def resnet_calibrated(resnet_artifacts, tmp_path_factory):
+    """A folder where the README Quick tour ran up to ``calibrate`` (export: ``resnet_artifacts``):
+    reid_resnet50 with its FP16 and INT8 models, calibrated on the tour's samples."""
+    from helpers import quick_tour, tour_argv
+
+    from batchforge.cli import main
+
+    root = tmp_path_factory.mktemp("tour")
+    shutil.copytree(resnet_artifacts, root / "artifacts")
+    commands = [c[0] for c in quick_tour()]
+    here = os.getcwd()
+    os.chdir(root)  # the tour's paths are relative
+    try:
+        for argv in quick_tour()[commands.index("export") + 1: commands.index("calibrate") + 1]:
+            assert main(tour_argv(argv)) == 0, argv
+    finally:
+        os.chdir(here)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,29 @@ from onnx import TensorProto, helper, numpy_helper
 
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.spec import ModelSpec, Preprocess, ProfileRange, TensorSpec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_blocks(kind: str) -> list[str]:
+    """The README's fenced blocks of one kind (console, python, json), in order."""
+    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def quick_tour() -> list[list[str]]:
+    """The README Quick tour's ``batchforge`` commands, as argv lists."""
+    commands = []
+    for line in readme_blocks("console")[0].splitlines():
+        if line.startswith("$ batchforge "):
+            commands.append(shlex.split(line[len("$ batchforge "):].split("#")[0]))
+    return commands
+
+
+def tour_argv(argv: list[str]) -> list[str]:
+    """A tour command as the suite runs it: smaller calibration and evaluation sets than CI's."""
+    extra = {"parity": ["--eval-size", "4"], "bench": ["--repeats", "1"],
+             "convert": ["--samples", "16"], "calibrate": ["--samples", "16"]}
+    return [*argv, *extra.get(argv[0], [])]
 
 
 def tiny_embedder_onnx(channels: int = 3, size: int = 8, dim: int = 5, seed: int = 0) -> onnx.ModelProto:

@@ -1,32 +1,19 @@
 """README examples really run (the Quick tour's commands and the Python API block)."""
 
 import os
-import re
 import runpy
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import quick_tour, readme_blocks, tour_argv
 
 from batchforge.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 pytestmark = pytest.mark.slow
-
-
-def blocks(kind: str) -> list[str]:
-    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
-
-
-def quick_tour() -> list[list[str]]:
-    tour = blocks("console")[0]
-    commands = []
-    for line in tour.splitlines():
-        if line.startswith("$ batchforge "):
-            command = line[len("$ batchforge "):].split("#")[0]
-            commands.append(shlex.split(command))
-    return commands
+blocks = readme_blocks
 
 
 def test_readme_starts_with_exactly_two_commands():
@@ -35,21 +22,17 @@ def test_readme_starts_with_exactly_two_commands():
     assert all(Path(README.parent, line.split()[0]).is_file() for line in first)
 
 
-def test_quick_tour_and_python_api_run(resnet_artifacts, tmp_path, monkeypatch, capsys):
-    shutil.copytree(resnet_artifacts, tmp_path / "artifacts")
+def test_quick_tour_and_python_api_run(resnet_calibrated, tmp_path, monkeypatch, capsys):
+    """The tour up to ``calibrate`` ran in the ``resnet_calibrated`` fixture (shared with the INT8
+    fault tests); the rest runs here on a copy of its folder."""
+    shutil.copytree(resnet_calibrated, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     commands = quick_tour()
-    assert [c[0] for c in commands][:3] == ["models", "export", "samples"]
-    for argv in commands:
-        if argv[0] == "export":
-            continue  # the session fixture ran exactly this command
-        if argv[0] == "parity":
-            argv = [*argv, "--eval-size", "4"]  # the gate's full evaluation set runs in CI
-        if argv[0] == "bench":
-            argv = [*argv, "--repeats", "1"]
-        if argv[0] in ("convert", "calibrate"):
-            argv = [*argv, "--samples", "16"]  # the main job calibrates on 32
-        assert main(argv) == 0, argv
+    names = [c[0] for c in commands]
+    assert names[:5] == ["models", "export", "samples", "convert", "calibrate"]
+    assert main(commands[0]) == 0
+    for argv in commands[5:]:
+        assert main(tour_argv(argv)) == 0, argv
     out = capsys.readouterr().out
     assert "parity PASSED" in out and "8/8 inputs processed" in out
     assert len(Path("results.jsonl").read_text().splitlines()) == 8

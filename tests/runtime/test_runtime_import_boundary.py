@@ -53,7 +53,8 @@ def test_lean_venv_with_only_numpy_opencv_onnxruntime(tmp_path):
     py = venv / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     env = {**os.environ, "PIP_NO_INPUT": "1"}
-    deps = subprocess.run([*pip, "numpy", "opencv-python-headless", "onnxruntime"], capture_output=True,
+    deps = subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"),  # the tested versions
+                           "numpy", "opencv-python-headless", "onnxruntime"], capture_output=True,
                           text=True, timeout=600, env=env)
     if deps.returncode != 0 and "No matching distribution" in deps.stderr + deps.stdout:
         pytest.skip(f"package index unreachable: {deps.stderr.strip()[-200:]}")
