@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shrink the evaluation set (smoke tests; the gate uses the default size)")
     p.add_argument("--allow-known-failures", action="store_true",
                    help="exit 0 when the only failures are zoo runs listed with their measured reason in "
-                        "parity/tolerances.py KNOWN_FAILURES (they still run and are reported as KNOWN)")
+                        "batchforge/tolerances.py KNOWN_FAILURES (they still run and are reported as KNOWN)")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.commands:cmd_parity")

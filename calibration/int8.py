@@ -36,7 +36,7 @@ from batchforge.calibration.activations import load_model, session
 from batchforge.calibration.data import CalibrationData, FeedReader
 from batchforge.calibration.ranges import write_ranges
 from batchforge.errors import CalibrationError
-from batchforge.parity.metrics import rowwise_cosine
+from batchforge.metrics import rowwise_cosine
 from batchforge.progress import progress
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")

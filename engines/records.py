@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import BuildError
+from batchforge.errors import BuildError, ConfigError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, atomic_path, read_json
+from batchforge.tolerances import limits_for
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -29,10 +30,10 @@ def calibration_sha256(artifacts: ModelArtifacts, precision: Precision) -> str |
 
 
 def tolerances_for(family: str, precision: Precision) -> dict[str, Any] | None:
-    """The parity limits the engine is held to, when the parity table is importable."""
+    """The parity limits the engine is held to; None for a family the table does not know
+    (informative only: a manifest without tolerances is still valid)."""
     try:
-        from batchforge.parity.tolerances import limits_for
-
-        return {k: {"value": v.value, "kind": v.kind} for k, v in limits_for(family, precision).items()}
-    except Exception:  # informative only: a manifest without tolerances is still valid
+        limits = limits_for(family, precision)
+    except ConfigError:
         return None
+    return {k: {"value": v.value, "kind": v.kind} for k, v in limits.items()}

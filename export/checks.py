@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from batchforge.errors import ExportError
-from batchforge.parity.metrics import ParityRow
+from batchforge.metrics import ParityRow
 
 SHAPE_OPS = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
 

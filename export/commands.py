@@ -16,7 +16,7 @@ from batchforge.runtime.spec import ModelSpec
 
 def cmd_models(args: argparse.Namespace) -> int:
     from batchforge.export.registry import ENSEMBLES, ZOO, load_zoo
-    from batchforge.parity.tolerances import TOLERANCES
+    from batchforge.tolerances import TOLERANCES
 
     load_zoo()
     rows = []

@@ -27,7 +27,7 @@ from batchforge.export.onnx_export import ExportOptions, example_inputs, export_
 from batchforge.export.reference import TorchRunner, build_module
 from batchforge.export.registry import ZooEntry
 from batchforge.export.weights import load_weights, save_weights
-from batchforge.parity.metrics import ParityRow, compare_arrays
+from batchforge.metrics import ParityRow, compare_arrays
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 from batchforge.runtime.spec import ProfileRange

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import BatchforgeError, ConfigError
+from batchforge.metrics import compare_arrays
 from batchforge.parity import localise
-from batchforge.parity.metrics import compare_arrays
 from batchforge.parity.report import Check, ModelReport
 from batchforge.parity.session import FamilyParity, ModelContext, ParitySession
-from batchforge.parity.tolerances import known_failure, limits_for
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.batching import stack_feeds
 from batchforge.runtime.loading import ensemble_spec
+from batchforge.tolerances import known_failure, limits_for
 
 FAMILIES: dict[str, FamilyParity] = {}
 # Relative L2 error of one intermediate tensor vs the FP32 graph beyond which localisation names
@@ -149,7 +149,7 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
         session.release(name, precision)
     listed = known_failure(name, precision)  # models and ensembles alike
     if listed and report.passed:
-        report.notes.append("listed in KNOWN_FAILURES (parity/tolerances.py) but passed: remove the entry")
+        report.notes.append("listed in KNOWN_FAILURES (batchforge/tolerances.py) but passed: remove the entry")
     elif listed and report.error is None:
         report.known_failure = listed
     report.seconds = time.perf_counter() - start

@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from batchforge.export.registry import get_ensemble
 from batchforge.export.samples import SEED_EVAL
 from batchforge.export.samples.reid import retrieval_set
+from batchforge.metrics import rowwise_cosine
 from batchforge.parity.gate import register_family
-from batchforge.parity.metrics import rowwise_cosine
 from batchforge.parity.report import Check
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext, ParitySession
-from batchforge.parity.tolerances import limits_for
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.post.reid import cosine_matches, fuse_embeddings
 from batchforge.runtime.results import Result
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec
+from batchforge.tolerances import limits_for
 
 DEFAULT_QUERIES = 64
 DEFAULT_GALLERY = 200

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchforge.parity.tolerances import Limit
+from batchforge.tolerances import Limit
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ def _ips(runner, feed, batch: int) -> float:
 
 
 # Raw-output limits for the Polygraphy cross-check when the manifest records none (its
-# "raw_max_rel" row, parity/tolerances.py, is used first): fp32 and fp16 as the parity tiers;
+# "raw_max_rel" row, batchforge/tolerances.py, is used first): fp32 and fp16 as the parity tiers;
 # int8 as the detector/facepose int8 raw_max_rel measured there.
 POLYGRAPHY_DEFAULT_TOL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
 

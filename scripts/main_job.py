@@ -137,7 +137,7 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
         print(f"{name:{width}} {cells} {run.get('items', '-'):>10} {run.get('errors', '-'):>7}  {run.get('note', '')}")
     if details:
         print("\nnot passed (known = a measured failure of the stand-in weights, listed in "
-              "parity/tolerances.py):\n" + "\n".join(details))
+              "batchforge/tolerances.py):\n" + "\n".join(details))
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print("peak resident memory (GiB, largest process of each command): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(PEAK_RSS.items(), key=lambda kv: -kv[1])))

@@ -7,8 +7,8 @@ import numpy as np
 from helpers import replant_onnx
 from onnx import numpy_helper
 
+from batchforge import tolerances
 from batchforge.cli import main
-from batchforge.parity import tolerances
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 
 
@@ -61,7 +61,7 @@ def test_ensembles_are_looked_up_in_known_failures_too(monkeypatch, tmp_path):
 
     from batchforge.parity import gate
     from batchforge.parity.report import Check
-    from batchforge.parity.tolerances import at_least
+    from batchforge.tolerances import at_least
 
     failing = Check("fused_embedding_cosine", 0.5, at_least(0.98, "test"))
     family = SimpleNamespace(ensemble_checks=lambda session, ensemble, precision: ([failing], []))

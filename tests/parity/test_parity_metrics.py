@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from batchforge.parity.metrics import compare_arrays, rowwise_cosine
+from batchforge.metrics import compare_arrays, rowwise_cosine
 
 
 def test_rowwise_cosine_does_not_let_a_zero_output_pass():
@@ -20,7 +20,7 @@ def test_compare_arrays_reports_abs_rel_and_cosine():
 
 def _retrieval(ref, eng, n_query, precision="fp32"):
     from batchforge.parity.reid import retrieval_checks
-    from batchforge.parity.tolerances import limits_for
+    from batchforge.tolerances import limits_for
 
     checks, _ = retrieval_checks(ref, eng, n_query, dict(limits_for("reid", precision)))
     return {c.name: c for c in checks}
