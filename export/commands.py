@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from batchforge.errors import UsageError
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
 from batchforge.runtime.loading import ENSEMBLE_FILE
+from batchforge.runtime.pipelines import PIPELINES
 from batchforge.runtime.spec import ModelSpec
 
 
@@ -77,6 +79,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {entry.spec.name:24} {time.perf_counter() - start:6.1f}s  "
               f"{record['exporter']['name']}, opset {args.opset}, ONNX vs PyTorch max_rel {worst:.1e} "
               f"-> {Path(args.output_dir) / entry.spec.name / 'model.fp32.onnx'}", flush=True)
+        for warning in record["warnings"]:
+            print(f"warning: {entry.spec.name}: {warning}", file=sys.stderr, flush=True)
         release_memory()  # the exporter's graphs and the module: the next model starts clean
     for name in (args.models if not args.all else _all_ensembles()):
         ensemble = get_ensemble(name)
@@ -102,7 +106,11 @@ def _read_spec(path: str) -> ModelSpec:
         raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
-    return ModelSpec.from_dict(data)
+    spec = ModelSpec.from_dict(data)
+    if spec.family not in PIPELINES:
+        raise UsageError(f"spec file {path}: unknown family {spec.family!r}; known families: "
+                         f"{', '.join(sorted(PIPELINES))} (parity and run need one of them)")
+    return spec
 
 
 def cmd_samples(args: argparse.Namespace) -> int:

@@ -29,6 +29,53 @@ class BatchBaked(TinyEmbedder):
         return self.head(self.features(images).reshape(2, 16, -1).mean(dim=2))
 
 
+class ViewBaked(TinyEmbedder):
+    """``x.view(2, -1)``: the batch written as a number (issue: the user must be told which node)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        return self.head(pooled.view(2, -1)[:, :16])
+
+
+class ViewShapeDerived(TinyEmbedder):
+    """The same view written with the batch taken from the shape: exports cleanly."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        return self.head(pooled.view(images.shape[0], -1))
+
+
+class TwoGroups(TinyEmbedder):
+    """A model constant that equals the trace batch (2 channel groups, like swin_t's 2 windows):
+    ``[2, -1]`` reshapes the channel-major features, which holds at every batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.group_scale = nn.Parameter(torch.tensor([[1.5], [0.5]]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))  # (batch, 16)
+        groups = pooled.transpose(0, 1).reshape(2, -1) * self.group_scale  # (2, 8 * batch)
+        return self.head(groups.reshape(16, -1).transpose(0, 1))
+
+
+def _seeded(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+def view_baked() -> nn.Module:
+    return _seeded(ViewBaked)
+
+
+def view_shape_derived() -> nn.Module:
+    return _seeded(ViewShapeDerived)
+
+
+def two_groups() -> nn.Module:
+    return _seeded(TwoGroups)
+
+
 def tiny_embedder() -> nn.Module:
     torch.manual_seed(0)
     model = TinyEmbedder().eval()

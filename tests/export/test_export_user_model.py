@@ -29,7 +29,7 @@ def test_user_model_exports_with_dynamic_batch_and_record(tmp_path, spec_file, c
     record = artifacts.export_record()
     assert record["exporter"]["name"] == "torch.onnx.export(dynamo=True)"
     assert record["exporter"]["fallback_reason"] is None and record["exporter"]["opset"] == 18
-    assert [r["batch"] for r in record["checks"]["parity"]] == [1, 2, 8]
+    assert [r["batch"] for r in record["checks"]["parity"]] == [1, 2, 3, 4, 8]
     assert max(r["max_rel"] for r in record["checks"]["parity"]) < 1e-5
     assert record["io"]["inputs"][0]["shape"][0] == "batch"
     assert record["versions"]["torch"] == "2.14.1"
@@ -104,3 +104,50 @@ def test_registry_errors_list_known_names():
         resolve_factory("no_colon_here")
     with pytest.raises(UsageError, match="cannot import"):
         resolve_factory("no_such_module_xyz:f")
+
+
+def export_user(tmp_path, factory: str, name: str, *extra: str) -> int:
+    spec = tmp_path / f"{name}.json"
+    spec.write_text(json.dumps(spec_dict(name)))
+    return main(["export", "--factory", f"user_models:{factory}", "--spec", str(spec),
+                 "--output-dir", str(tmp_path / "artifacts"), *extra])
+
+
+def test_view_with_the_batch_as_a_number_is_refused_naming_node_and_op(tmp_path, capsys):
+    assert export_user(tmp_path, "view_baked", "viewed") == 2
+    err = capsys.readouterr().err
+    assert "batch size baked into the graph: Reshape node" in err, err
+    assert "constant shape [2, -1] starts with the trace batch 2" in err, err
+    assert not (tmp_path / "artifacts" / "viewed").exists()
+
+
+def test_view_with_the_batch_from_the_shape_exports(tmp_path, capsys):
+    assert export_user(tmp_path, "view_shape_derived", "derived") == 0
+    record = ModelArtifacts.at(tmp_path / "artifacts", "derived").export_record()
+    assert record["warnings"] == [] and record["checks"]["batch_lint"] == "passed"
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_model_constant_equal_to_the_trace_batch_is_a_named_warning_when_the_numbers_agree(tmp_path, capsys):
+    assert export_user(tmp_path, "two_groups", "groups") == 0
+    record = ModelArtifacts.at(tmp_path / "artifacts", "groups").export_record()
+    assert [r["batch"] for r in record["checks"]["parity"]] == [1, 2, 3, 4, 8]
+    assert record["checks"]["batch_lint"] == "warned"
+    (warning,) = record["warnings"]
+    assert "Reshape node" in warning and "[2, -1]" in warning and "batch 1, 2, 3, 4, 8" in warning
+    assert f"warning: groups: {warning}" in capsys.readouterr().err
+    # traced at another size the constant is not mistaken for the batch at all
+    assert export_user(tmp_path, "two_groups", "groups3", "--trace-batch", "3") == 0
+    assert ModelArtifacts.at(tmp_path / "artifacts", "groups3").export_record()["warnings"] == []
+
+
+def test_unknown_family_exits_2_listing_the_known_ones(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**spec_dict("odd"), "family": "classifier"}))
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec),
+                 "--output-dir", str(tmp_path / "artifacts")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown family 'classifier'" in err[0], err
+    assert "known families: anomaly, detector, facepose, keypoints, ptycho, reid" in err[0]
+    assert not (tmp_path / "artifacts").exists()
