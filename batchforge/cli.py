@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from batchforge import __version__
 from batchforge.errors import EXIT_COULD_NOT_RUN, BatchforgeError
+from batchforge.families import known as known_families
 
 EPILOG = """examples:
   batchforge models
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or faces, textures with planted defects, animals, ptychography "
                                    "diffraction patterns (.npy). Same seed, same files.")
     p.add_argument("family", metavar="FAMILY",
-                   help="reid, detector, facepose, anomaly, keypoints or ptycho")
+                   help=f"one of: {known_families()}")
     p.add_argument("--count", type=int, default=16, help="how many inputs (default: 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--seed", type=int, default=1000,

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from batchforge.errors import UsageError
+from batchforge.families import FAMILIES
+from batchforge.families import known as known_families
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
 from batchforge.runtime.loading import ENSEMBLE_FILE
-from batchforge.runtime.pipelines import PIPELINES
 from batchforge.runtime.spec import ModelSpec
 
 
@@ -107,17 +108,17 @@ def _read_spec(path: str) -> ModelSpec:
     except json.JSONDecodeError as exc:
         raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
     spec = ModelSpec.from_dict(data)
-    if spec.family not in PIPELINES:
+    if spec.family not in FAMILIES:
         raise UsageError(f"spec file {path}: unknown family {spec.family!r}; known families: "
-                         f"{', '.join(sorted(PIPELINES))} (parity and run need one of them)")
+                         f"{known_families()} (parity and run need one of them)")
     return spec
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    from batchforge.export.samples import SAMPLE_GENERATORS, write_samples
+    from batchforge.export.samples import write_samples
+    from batchforge.families import get_family
 
-    if args.family not in SAMPLE_GENERATORS:
-        raise UsageError(f"unknown family {args.family!r}; known: {', '.join(sorted(SAMPLE_GENERATORS))}")
+    get_family(args.family)
     if args.count < 1:
         raise UsageError(f"--count must be >= 1, got {args.count}")
     paths = write_samples(args.family, args.out, args.count, args.seed)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchforge.errors import UsageError
+from batchforge.families import FAMILIES
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec
 
 
@@ -34,15 +35,8 @@ class ZooEntry:
 ZOO: dict[str, ZooEntry] = {}
 ENSEMBLES: dict[str, EnsembleSpec] = {}
 
-# Importing these modules fills the registries; families add a line here.
-FAMILY_MODULES = (
-    "batchforge.export.zoo.reid",
-    "batchforge.export.zoo.detector",
-    "batchforge.export.zoo.facepose",
-    "batchforge.export.zoo.anomaly",
-    "batchforge.export.zoo.keypoints",
-    "batchforge.export.zoo.ptycho",
-)
+# Importing these modules fills the registries (declared per family in batchforge/families.py).
+FAMILY_MODULES = tuple(dict.fromkeys(m for f in FAMILIES.values() for m in f.zoo))
 
 
 def register(spec: ModelSpec) -> Callable[[Callable[[], Any]], Callable[[], Any]]:

@@ -1,9 +1,9 @@
-"""Imports every family's parity module so each registers itself with the gate."""
+"""Imports every family's parity module (declared in batchforge/families.py) so each registers
+itself with the gate."""
 
-from batchforge.parity import (
-    anomaly,  # noqa: F401
-    detection,  # noqa: F401
-    keypoints,  # noqa: F401
-    ptycho,  # noqa: F401
-    reid,  # noqa: F401
-)
+import importlib
+
+from batchforge.families import FAMILIES
+
+for _family in FAMILIES.values():
+    importlib.import_module(_family.parity)

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from batchforge.export.samples import anomaly, detection, keypoints, ptycho, reid
+from batchforge.families import FAMILIES
 from batchforge.runtime.images import write_image
 
 Generator = Callable[[int, int], list[tuple[str, np.ndarray]]]
 
-SAMPLE_GENERATORS: dict[str, Generator] = {
-    "reid": reid.sample_images,
-    "anomaly": anomaly.sample_images,
-    "detector": detection.object_images,
-    "facepose": detection.face_images,
-    "keypoints": keypoints.sample_images,
-    "ptycho": ptycho.sample_patterns,
-}
+SAMPLE_GENERATORS: dict[str, Generator] = {f.name: f.load_samples() for f in FAMILIES.values()}
 
 # Seeds are kept apart so evaluation data never overlaps init-calibration data.
 SEED_SAMPLES = 1000

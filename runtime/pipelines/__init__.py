@@ -1,23 +1,12 @@
-"""Family pipelines. ``PIPELINES`` maps a spec's family name to its Pipeline class."""
+"""Family pipelines. ``PIPELINES`` maps a spec's family name to its Pipeline class; both maps are
+derived from the family declarations (``batchforge.families``)."""
 
-from batchforge.runtime.pipelines.anomaly import AnomalyPipeline
+from batchforge.families import FAMILIES
 from batchforge.runtime.pipelines.base import Pipeline, Prepared
-from batchforge.runtime.pipelines.detection import DetectorPipeline, FacePosePipeline
-from batchforge.runtime.pipelines.keypoints import KeypointsPipeline
-from batchforge.runtime.pipelines.ptycho import PtychoPipeline
-from batchforge.runtime.pipelines.reid import ReidEnsemblePipeline, ReidPipeline
 
-PIPELINES: dict[str, type[Pipeline]] = {
-    "reid": ReidPipeline,
-    "anomaly": AnomalyPipeline,
-    "detector": DetectorPipeline,
-    "facepose": FacePosePipeline,
-    "keypoints": KeypointsPipeline,
-    "ptycho": PtychoPipeline,
-}
+PIPELINES: dict[str, type[Pipeline]] = {f.name: f.load_pipeline() for f in FAMILIES.values()}
 
 ENSEMBLE_PIPELINES: dict[str, type[Pipeline]] = {
-    "reid": ReidEnsemblePipeline,
-}
+    f.name: f.load_ensemble_pipeline() for f in FAMILIES.values() if f.ensemble_pipeline}
 
 __all__ = ["ENSEMBLE_PIPELINES", "PIPELINES", "Pipeline", "Prepared"]
