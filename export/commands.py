@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from batchforge.errors import UsageError
-from batchforge.families import FAMILIES
-from batchforge.families import known as known_families
+from batchforge.families import get_family
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
 from batchforge.runtime.loading import ENSEMBLE_FILE
@@ -108,15 +107,15 @@ def _read_spec(path: str) -> ModelSpec:
     except json.JSONDecodeError as exc:
         raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
     spec = ModelSpec.from_dict(data)
-    if spec.family not in FAMILIES:
-        raise UsageError(f"spec file {path}: unknown family {spec.family!r}; known families: "
-                         f"{known_families()} (parity and run need one of them)")
+    try:
+        get_family(spec.family)
+    except UsageError as exc:
+        raise UsageError(f"spec file {path}: {exc.message}", hint="parity and run need one of them") from None
     return spec
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
     from batchforge.export.samples import write_samples
-    from batchforge.families import get_family
 
     get_family(args.family)
     if args.count < 1:

@@ -95,11 +95,12 @@ def resnet_calibrated(resnet_artifacts, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tour")
     shutil.copytree(resnet_artifacts, root / "artifacts")
-    commands = [c[0] for c in quick_tour()]
+    tour = quick_tour()
+    names = [c[0] for c in tour]
     here = os.getcwd()
     os.chdir(root)  # the tour's paths are relative
     try:
-        for argv in quick_tour()[commands.index("export") + 1: commands.index("calibrate") + 1]:
+        for argv in tour[names.index("export") + 1: names.index("calibrate") + 1]:
             assert main(tour_argv(argv)) == 0, argv
     finally:
         os.chdir(here)
