@@ -62,6 +62,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            f"{_PA}.keypoints", zoo=(f"{_EX}.zoo.keypoints",)),
     Family("ptycho", f"{_RT}.ptycho:PtychoPipeline", f"{_EX}.samples.ptycho:sample_patterns",
            f"{_PA}.ptycho", zoo=(f"{_EX}.zoo.ptycho",)),
+    Family("tensors", f"{_RT}.tensors:TensorsPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.tensors"),
 )}
 
 

@@ -305,6 +305,47 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "batch_max_abs": at_most(1e-2, "SPEC batch tier for int8 (1e-2 rel)"),
         },
     },
+    # tensors: any user model's raw outputs, judged output by output (parity/tensors.py). The
+    # tiers are reid's/anomaly's raw tiers (the SPEC starting tiers for raw outputs): these are
+    # the same networks minus a decoder. Scales are unknown, so every bound is relative: max_rel
+    # and score ties in units of the output's (row's) largest |reference| value, batch
+    # equivalence on each output divided by its largest |value|. A spec's
+    # ``postprocess.outputs.<name>.tolerances.<precision>`` replaces a value for one output.
+    "tensors": {
+        FP32: {
+            "raw_cosine": at_least(0.99999, SPEC),
+            "raw_max_rel": at_most(1e-4, "as reid: ORT CPU vs torch CPU FP32 measured <= 1e-6 on the reid "
+                                         "zoo, <= 3e-7 on the tiny test classifiers"),
+            "row_cosine": at_least(0.99999, SPEC + " (embedding cosine), per item"),
+            "argmax_agreement": at_least(1.0, "SPEC top-1 tier; reference ties within score_tie count as agreement"),
+            "topk_overlap": at_least(0.99, "as reid top5_overlap: near-tied lower ranks"),
+            "score_tie": at_most(1e-6, "as reid: scores closer than ~8 float32 ulps of the row's "
+                                       "largest value have no order"),
+            "batch_max_abs": at_most(1e-5, "SPEC fp32 batch tier, relative to the output's largest |value|"),
+        },
+        FP16: {
+            "raw_cosine": at_least(0.9995, SPEC),
+            "raw_max_rel": at_most(2e-2, "as reid: fp16 has an 11-bit mantissa (4.9e-4 per rounding) "
+                                         "accumulated over the layers"),
+            "row_cosine": at_least(0.9995, SPEC + " (embedding cosine), per item"),
+            "argmax_agreement": at_least(0.99, SPEC + " (retrieval top-1)"),
+            "topk_overlap": at_least(0.95, "as reid: near-tied lower ranks swap at fp16 resolution"),
+            "score_tie": at_most(1e-3, "as reid: fp16 rounds each value by up to 4.9e-4 relative, so "
+                                       "scores within 1e-3 of the row's scale can swap"),
+            "batch_max_abs": at_most(1e-3, "SPEC batch tier for fp16 (1e-3 rel)"),
+        },
+        INT8: {
+            "raw_cosine": at_least(0.98, SPEC),
+            "raw_max_rel": at_most(0.25, "as reid: per-tensor int8 activations, 1/255 of the range per "
+                                         "rounding, accumulated"),
+            "row_cosine": at_least(0.98, SPEC + " (embedding cosine), per item"),
+            "argmax_agreement": at_least(0.95, SPEC + " (retrieval top-1)"),
+            "topk_overlap": at_least(0.85, "as reid: near-tied lower ranks swap at int8 resolution"),
+            "score_tie": at_most(1e-2, "as reid: int8 rounds activations by 1/255 of their range "
+                                       "(3.9e-3), so scores within 1e-2 can swap"),
+            "batch_max_abs": at_most(1e-2, "SPEC batch tier for int8 (1e-2 rel)"),
+        },
+    },
 }
 
 

@@ -99,3 +99,91 @@ def spec_dict(name: str = "user_tiny") -> dict:
         "preprocess": {"height": SIZE, "width": SIZE},
         "postprocess": {"top_k": 3},
     }
+
+
+# --- the generic tensors family (tests/test_tensors_*.py) -------------------------------------
+CLASSES = 10
+
+
+class TinyClassifier(nn.Module):
+    """A few convs and a linear head: class logits."""
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+class TwoHeads(TinyClassifier):
+    """Class logits (10 values per item) and a dense map (4 x 16 x 16 = 1024 values per item)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Conv2d(16, 4, 1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(images)
+        return self.head(features.mean(dim=(2, 3))), self.dense(features)
+
+
+class ImageAndMask(TinyClassifier):
+    """Two inputs: an image and a one-channel mask, concatenated as channels."""
+
+    def __init__(self) -> None:
+        super().__init__(in_channels=4)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([image, mask], dim=1))
+
+
+class BatchCoupled(TinyClassifier):
+    """Centres the features on the batch mean: each item's output depends on its batch-mates."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        return self.head(pooled - pooled.mean(dim=0, keepdim=True))
+
+
+def _classifier(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls().eval()
+    with torch.no_grad():  # a realistic spread of logits: the seeded init alone gives ~0.1
+        model.head.weight.mul_(8.0)
+    return model
+
+
+def tiny_classifier() -> nn.Module:
+    return _classifier(TinyClassifier)
+
+
+def two_heads() -> nn.Module:
+    return _classifier(TwoHeads)
+
+
+def image_and_mask() -> nn.Module:
+    return _classifier(ImageAndMask)
+
+
+def batch_coupled() -> nn.Module:
+    return _classifier(BatchCoupled)
+
+
+def tensors_spec(name: str, outputs: tuple[str, ...] = ("logits",), *, mask: bool = False,
+                 postprocess: dict | None = None) -> dict:
+    """A tensors-family spec: a 32x32 image (plus a 1x32x32 mask) in, ``outputs`` out."""
+    inputs = [{"name": "image", "shape": ["batch", 3, SIZE, SIZE], "dtype": "float32"}]
+    if mask:
+        inputs.append({"name": "mask", "shape": ["batch", 1, SIZE, SIZE], "dtype": "float32"})
+    return {
+        "name": name, "family": "tensors", "inputs": inputs, "outputs": list(outputs),
+        "profile": {"min": 1, "opt": 4, "max": 8},
+        "preprocess": {"height": SIZE, "width": SIZE},
+        "postprocess": {"outputs": {"logits": {"kind": "logits"}}, "top_k": 3}
+        if postprocess is None else postprocess,
+    }

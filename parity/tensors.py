@@ -1,0 +1,202 @@
+"""Tensors parity: any model's outputs, output by output, against the PyTorch reference.
+
+The gate's raw checks (``raw_cosine[o]``, ``raw_max_rel[o]``: whole output, tier limits) run for
+every output; this module adds per output:
+
+- ``row_cosine_min[o]``: the worst item's cosine (one bad item cannot hide in a large batch);
+  left out for outputs of one value per item, where a cosine is only a sign;
+- ``max_abs[o]`` / ``max_rel[o]``: when the spec declares that limit for the output;
+- for outputs the spec declares ``logits`` or ``probabilities`` (class scores over the last
+  axis): ``argmax_agreement[o]`` and ``top{k}_overlap[o]`` (k = the options' ``top_k``, only when
+  there are more than k classes). Tie-aware as reid's retrieval checks: reference scores within
+  the tier's ``score_tie`` (relative to the row's largest |value|) have no order, so an engine
+  picking any of them agrees; tied rows are counted in the detail.
+
+Limits: the ``tensors`` tiers of batchforge/tolerances.py, replaced per output by the spec's
+``postprocess.outputs.<o>.tolerances.<precision>``. The reference is the FP32 module on inputs
+built here: images through ``torch_preprocess`` (independent of the runtime's OpenCV code),
+arrays (``parity --data X.npz`` or the synthetic auxiliary inputs) as given.
+
+Evaluation set without ``--data``: images from the family's sample generator for the first
+input when the spec has image preprocessing; every other float input gets seeded uniform [0, 1)
+values (an integer input needs ``--data``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from batchforge.errors import UsageError
+from batchforge.export.reference import torch_preprocess
+from batchforge.export.samples import SEED_EVAL, generate
+from batchforge.metrics import compare_arrays, rowwise_cosine
+from batchforge.parity.gate import register_family
+from batchforge.parity.report import Check
+from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext
+from batchforge.runtime.artifacts import Precision
+from batchforge.runtime.pipelines.tensors import (
+    OutputOptions,
+    TensorItem,
+    TensorsOptions,
+    TensorsResult,
+    as_tensor_item,
+    check_item_feed,
+)
+from batchforge.runtime.post.common import top_k
+from batchforge.runtime.results import Result
+from batchforge.runtime.spec import ModelSpec, parse_options
+from batchforge.tolerances import Limit
+
+DEFAULT_EVAL = 32
+# spec override field -> (limit key, min/max)
+OVERRIDES = {"max_abs": ("max_abs", "max"), "max_rel": ("max_rel", "max"), "min_cosine": ("row_cosine", "min"),
+             "argmax_agreement": ("argmax_agreement", "min"), "topk_overlap": ("topk_overlap", "min")}
+
+
+def synthetic_items(spec: ModelSpec, count: int) -> tuple[EvalItem, ...]:
+    """The deterministic evaluation items of the module docstring."""
+    rng = np.random.default_rng(SEED_EVAL)
+    images = generate("tensors", count, SEED_EVAL) if spec.preprocess is not None else None
+    arrays_for = spec.inputs[1:] if images is not None else spec.inputs
+    for tensor in arrays_for:
+        if not np.issubdtype(np.dtype(tensor.dtype), np.floating):
+            raise UsageError(f"{spec.name}: input {tensor.name!r} is {tensor.dtype}; synthetic values "
+                             "for it would mean nothing", hint="pass your inputs with parity --data FILE.npz")
+        if not all(isinstance(d, int) for d in tensor.item_shape):
+            raise UsageError(f"{spec.name}: input {tensor.name!r} has named dims {tensor.item_shape}",
+                             hint="pass your inputs with parity --data FILE.npz")
+    items = []
+    for index in range(count):
+        arrays = {t.name: rng.random([int(d) for d in t.item_shape]).astype(t.dtype) for t in arrays_for}
+        if images is not None:
+            name, image = images[index]
+            items.append(EvalItem(name, TensorItem(image, arrays)))  # type: ignore[arg-type]
+        else:
+            items.append(EvalItem(f"synthetic{index:04d}", TensorItem(None, arrays)))  # type: ignore[arg-type]
+    return tuple(items)
+
+
+def output_limits(limits: Mapping[str, Limit], options: OutputOptions, output: str,
+                  precision: Precision) -> dict[str, Limit]:
+    """The tier's limits with the spec's overrides for one output at one precision."""
+    merged = dict(limits)
+    override = getattr(options.tolerances, Precision(precision).value)
+    if override is None:
+        return merged
+    for field, (key, kind) in OVERRIDES.items():
+        value = getattr(override, field)
+        if value is not None:
+            merged[key] = Limit(value, kind, f"spec: postprocess.outputs.{output}.tolerances."  # type: ignore[arg-type]
+                                             f"{Precision(precision).value}.{field}")
+    return merged
+
+
+def value_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
+                 detail: str = "") -> list[Check]:
+    """Worst-item cosine, and max abs / max rel where the spec declares them."""
+    max_abs, max_rel, _ = compare_arrays(ref, eng)
+    checks = []
+    if ref.size // max(len(ref), 1) > 1:
+        cos = rowwise_cosine(ref, eng)
+        worst = int(np.argmin(cos))
+        checks.append(Check(f"row_cosine_min[{name}]", float(cos[worst]), limits["row_cosine"],
+                            f"min over {len(cos)} items (item {worst}), mean {cos.mean():.6f}{detail}"))
+    if "max_abs" in limits:
+        checks.append(Check(f"max_abs[{name}]", max_abs, limits["max_abs"], f"max rel {max_rel:.3g}"))
+    if "max_rel" in limits:
+        checks.append(Check(f"max_rel[{name}]", max_rel, limits["max_rel"],
+                            f"max abs {max_abs:.3g} / max |reference| {float(np.max(np.abs(ref))):.3g}"))
+    return checks
+
+
+def score_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
+                 k: int) -> list[Check]:
+    """Tie-aware argmax agreement and top-k overlap of class scores over the last axis."""
+    classes = ref.shape[-1] if ref.ndim > 1 else 1
+    if classes < 2:
+        return []
+    ref_rows = ref.reshape(-1, classes).astype(np.float64)
+    eng_rows = eng.reshape(-1, classes)
+    tie = limits["score_tie"].value
+    scale = np.max(np.abs(ref_rows), axis=1, keepdims=True)
+    margin = tie * np.where(scale > 0, scale, 1.0)
+    tied_first = ref_rows >= ref_rows.max(axis=1, keepdims=True) - margin  # (R, C): tied with the best
+    rows = np.arange(len(ref_rows))
+    eng_top, _ = top_k(eng_rows, min(k, classes))
+    agreement = float(np.mean(tied_first[rows, eng_top[:, 0]]))
+    n_tied = int(np.sum(tied_first.sum(axis=1) > 1))
+    detail = (f"{len(ref_rows)} rows of {classes} classes; reference ties within {tie:g} of the row's largest "
+              f"|value|: {n_tied} rows at top-1 (largest {int(tied_first.sum(axis=1).max())}-way)")
+    checks = [Check(f"argmax_agreement[{name}]", agreement, limits["argmax_agreement"],
+                    detail + " (an engine picking any tied class agrees)")]
+    if classes > k:
+        kth = np.sort(ref_rows, axis=1)[:, -k][:, None]
+        tied_top = ref_rows >= kth - margin  # (R, C): within the top k, ties included
+        overlap = float(np.mean(tied_top[rows[:, None], eng_top].sum(axis=1) / k))
+        n_tied_top = int(np.sum(tied_top.sum(axis=1) > k))
+        checks.append(Check(f"top{k}_overlap[{name}]", overlap, limits["topk_overlap"],
+                            f"{len(ref_rows)} rows of {classes} classes; {n_tied_top} rows with reference "
+                            f"ties at rank {k} within {tie:g} (an engine picking any tied class agrees)"))
+    return checks
+
+
+class TensorsParity(FamilyParity):
+    family = "tensors"
+    eval_set_per_model = True  # the synthetic auxiliary inputs follow each model's spec
+
+    def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
+        count = size or DEFAULT_EVAL
+        items = synthetic_items(spec, count)
+        aux = [t.name for t in (spec.inputs[1:] if spec.preprocess is not None else spec.inputs)]
+        note = ("synthetic: " + ("sample images" if spec.preprocess is not None else "")
+                + (" + " if aux and spec.preprocess is not None else "")
+                + (f"uniform [0, 1) {', '.join(aux)}" if aux else ""))
+        return EvalSet(f"tensors-{spec.name}-{count}", items, {"note": note})
+
+    def reference_inputs(self, item: EvalItem, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
+        data = as_tensor_item(item.data, spec)
+        feed: dict[str, np.ndarray] = {}
+        geometry = None
+        if data.image is not None:
+            if spec.preprocess is None:
+                raise UsageError(f"{item.source}: model {spec.name!r} has no image preprocessing in its spec, "
+                                 "so images cannot feed it", hint="pass preprocessed arrays with --data FILE.npz")
+            tensor, geometry = torch_preprocess(data.image, spec.preprocess)
+            feed[spec.inputs[0].name] = tensor.numpy()
+        feed.update(data.arrays)
+        check_item_feed(feed, spec, item.source)
+        return feed, geometry
+
+    def task_checks(self, ctx: ModelContext) -> list[Check]:
+        options: TensorsOptions = parse_options(TensorsOptions, ctx.reference_spec.postprocess,
+                                                "tensors postprocess options")
+        note = ctx.eval_set.extra.get("note")
+        checks = []
+        for name in ctx.spec.outputs:
+            ref, eng = ctx.reference.raw[name], ctx.engine.raw[name]
+            if ref.shape != eng.shape:
+                continue  # the gate's raw_shape check names it
+            limits = output_limits(ctx.limits, options.output(name), name, ctx.precision)
+            checks += value_checks(name, ref, eng, limits, f"; {note}" if note else "")
+            if options.output(name).kind.is_scores:
+                checks += score_checks(name, ref, eng, limits, options.top_k)
+        return checks
+
+    def batch_quantities(self, results: Sequence[Result]) -> dict[str, list[np.ndarray]]:
+        """Each output divided by its largest |value| over the items, so the batch tiers are
+        relative (SPEC: 1e-3 rel fp16, 1e-2 rel int8) whatever the output's scale."""
+        typed: Sequence[TensorsResult] = results  # type: ignore[assignment]
+        quantities = {}
+        for name in typed[0].outputs:
+            arrays = [r.outputs[name].astype(np.float64) for r in typed]
+            scale = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+            scale = scale if scale > 0 and math.isfinite(scale) else 1.0
+            quantities[name] = [a / scale for a in arrays]
+        return quantities
+
+
+register_family(TensorsParity())
