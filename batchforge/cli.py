@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the JSON report here and a Markdown table beside it (FILE.md)")
     p.add_argument("--eval-size", type=int, metavar="N",
                    help="shrink the evaluation set (smoke tests; the gate uses the default size)")
+    p.add_argument("--data", metavar="DIR|FILE.npz",
+                   help="evaluate on your inputs instead of the family's generator: a folder of images "
+                        "(each side preprocesses them) or a .npz/.npy of preprocessed arrays, one per input "
+                        "name (tensors models); the same sources as calibrate --data. Warns when they are "
+                        "the calibration data. Not for reid/ptycho, whose checks need the generator's structure")
     p.add_argument("--allow-known-failures", action="store_true",
                    help="exit 0 when the only failures are zoo runs listed with their measured reason in "
                         "batchforge/tolerances.py KNOWN_FAILURES (they still run and are reported as KNOWN)")

@@ -68,7 +68,7 @@ class FeedReader:
         self._index = 0
 
 
-def _hash_arrays(feeds: Sequence[dict[str, np.ndarray]]) -> str:
+def hash_arrays(feeds: Sequence[dict[str, np.ndarray]]) -> str:
     digest = hashlib.sha256()
     for feed in feeds:
         for name in sorted(feed):
@@ -77,7 +77,7 @@ def _hash_arrays(feeds: Sequence[dict[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def _hash_files(paths: Sequence[Path]) -> str:
+def hash_files(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode())
@@ -112,7 +112,7 @@ def load_calibration_data(pipeline: Pipeline, data: str | os.PathLike[str] | Non
         items = generate(spec.family, samples, SEED_CALIBRATION)
         feeds = [pipeline.prepare(item, name).feed for name, item in items]
         result = CalibrationData(tuple(feeds), f"synthetic:{spec.family}(seed={SEED_CALIBRATION})",
-                                 _hash_arrays(feeds), synthetic=True)
+                                 hash_arrays(feeds), synthetic=True)
     else:
         result = _from_path(pipeline, Path(data), samples)
     if len(result.feeds) < MIN_ITEMS:
@@ -130,13 +130,8 @@ def load_calibration_data(pipeline: Pipeline, data: str | os.PathLike[str] | Non
 
 def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
     spec = pipeline.spec
-    if path.suffix == ".npy" and path.is_file():
-        if len(spec.inputs) != 1:
-            raise CalibrationError(f"a .npy file feeds one input; {spec.name} has {len(spec.inputs)}: use .npz")
-        arrays = {spec.inputs[0].name: np.load(path, allow_pickle=False)}
-    elif path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        return read_arrays(spec, path, samples)
     elif path.is_dir():
         files = list_images(path, pipeline.input_suffixes)[:samples]
         feeds, bad = [], []
@@ -148,9 +143,22 @@ def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
         if bad:
             raise CalibrationError(f"{len(bad)} calibration file(s) could not be read: " + "; ".join(bad[:5]),
                                    hint="fix or remove them; nothing was written")
-        return CalibrationData(tuple(feeds[:samples]), str(path), _hash_files(files), synthetic=False)
+        return CalibrationData(tuple(feeds[:samples]), str(path), hash_files(files), synthetic=False)
     else:
         raise CalibrationError(f"calibration data {path} is not a folder, .npy or .npz file")
+
+
+def read_arrays(spec, path: Path, samples: int) -> CalibrationData:
+    """Preprocessed items from a ``.npy`` (N, ...) of a single-input model or an ``.npz`` with one
+    (N, ...) array per input name, checked against the spec's inputs (names, dtype, item shape);
+    the first ``samples`` items. Shared by ``calibrate --data`` and ``parity --data``."""
+    if path.suffix == ".npy":
+        if len(spec.inputs) != 1:
+            raise CalibrationError(f"a .npy file feeds one input; {spec.name} has {len(spec.inputs)}: use .npz")
+        arrays = {spec.inputs[0].name: np.load(path, allow_pickle=False)}
+    else:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
     return _from_arrays(spec, arrays, path, samples)
 
 
@@ -168,7 +176,7 @@ def _from_arrays(spec, arrays: dict[str, np.ndarray], path: Path, samples: int) 
                 f"{path}: array {name!r} has items of shape {array.shape[1:]}, expected {want.item_shape}")
     count = min(samples, *(a.shape[0] for a in arrays.values()))
     feeds = [{n: a[i] for n, a in arrays.items()} for i in range(count)]
-    return CalibrationData(tuple(feeds), str(path), _hash_arrays(feeds), synthetic=False)
+    return CalibrationData(tuple(feeds), str(path), hash_arrays(feeds), synthetic=False)
 
 
 def neighbour_correlation(feeds: Sequence[dict[str, np.ndarray]], name: str) -> float:

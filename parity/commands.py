@@ -27,7 +27,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if args.eval_size is not None and args.eval_size < 1:
         raise UsageError(f"--eval-size must be >= 1, got {args.eval_size}")
     session = ParitySession(args.output_dir, args.backend, threads=args.threads,
-                            eval_size=args.eval_size)
+                            eval_size=args.eval_size, data=args.data)
     reports = []
     try:
         for precision in precisions:
@@ -44,7 +44,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"verdict": verdict, "exit_code": code, "backend": args.backend,
                                  "precisions": [p.value for p in precisions],
-                                 "eval_size": args.eval_size, "versions": library_versions(),
+                                 "eval_size": args.eval_size, "data": args.data, "versions": library_versions(),
                                  "zoo": sorted(ZOO), "reports": [r.as_dict() for r in reports]})
         path.with_suffix(".md").write_text(to_markdown(reports), encoding="utf-8")
         print(f"report: {path} and {path.with_suffix('.md')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -68,6 +69,9 @@ class FamilyParity(abc.ABC):
     """
 
     family: ClassVar[str]
+    # an evaluation set depends on the family only (shared by its models), or on each model's
+    # inputs (the generic tensors family)
+    eval_set_per_model: ClassVar[bool] = False
 
     @abc.abstractmethod
     def eval_set(self, spec: ModelSpec, size: int | None) -> EvalSet:
@@ -108,8 +112,10 @@ class ParitySession:
     """Shared state of one ``batchforge parity`` invocation."""
 
     def __init__(self, output_dir: str | os.PathLike[str], backend: str, *, threads: int = 0,
-                 eval_size: int | None = None, show_progress: bool = True) -> None:
+                 eval_size: int | None = None, show_progress: bool = True,
+                 data: str | os.PathLike[str] | None = None) -> None:
         self.output_dir = output_dir
+        self.data = data  # ``parity --data``: the user's inputs instead of the family's generator
         self.backend = backend
         self.threads = threads
         self.eval_size = eval_size
@@ -136,10 +142,23 @@ class ParitySession:
 
     def eval_set(self, family: FamilyParity, spec: ModelSpec) -> EvalSet:
         """One set per family per run: it depends on the family and ``--eval-size`` only, so the
-        reid members and their ensemble (and every precision) share theirs."""
-        if family.family not in self._eval_sets:
-            self._eval_sets[family.family] = family.eval_set(spec, self.eval_size)
-        return self._eval_sets[family.family]
+        reid members and their ensemble (and every precision) share theirs. With ``data`` (and for
+        families whose sets depend on the model's inputs) one set per model."""
+        key = f"{family.family}/{spec.name}" if family.eval_set_per_model or self.data else family.family
+        if key not in self._eval_sets:
+            self._eval_sets[key] = (self._user_eval_set(family, spec) if self.data is not None
+                                    else family.eval_set(spec, self.eval_size))
+        return self._eval_sets[key]
+
+    def _user_eval_set(self, family: FamilyParity, spec: ModelSpec) -> EvalSet:
+        from batchforge.parity.user_data import EXTRA, read_user_data, same_as_calibration
+
+        assert self.data is not None
+        data = read_user_data(self.data, spec, self.eval_size)
+        for warning in same_as_calibration(self.artifacts(spec.name), data):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        return EvalSet(f"data-{data.sha256[:16]}", data.items,
+                       {**EXTRA.get(family.family, {}), "note": f"data: {data.source} ({len(data.items)} items)"})
 
     def module(self, name: str) -> torch.nn.Module:
         if name not in self._modules:
