@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources = _sources(args.input, pipeline.input_suffixes)
     side_outputs = pipeline.place_side_outputs(Path(args.output))
     if side_outputs is not None:
-        print(f"{args.model}: side outputs -> {side_outputs}/", file=sys.stderr)
+        print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
     errors = 0
     start = time.perf_counter()
     with pipeline, JsonlWriter(args.output) as writer:

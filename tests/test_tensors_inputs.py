@@ -109,3 +109,20 @@ def test_calibrate_and_gate_int8_on_two_input_arrays(two_inputs, tmp_path, capsy
     model = report_of(tmp_path / "r.json")
     assert code == 0, [c for c in model["checks"] if not c["passed"]]
     assert "warning:" not in capsys.readouterr().err
+
+
+def test_bad_parity_data_for_two_inputs_is_one_line_and_exit_2(two_inputs, tmp_path, capsys):
+    assert main(["samples", "tensors", "--out", str(tmp_path / "images"), "--count", "2"]) == 0
+    arrays = items(4, 5)
+    np.savez(tmp_path / "swapped.npz", image=arrays["mask"], mask=arrays["image"])
+    for data, expected in (
+        (tmp_path / "images", "takes inputs ['image', 'mask'], this item gives an image for 'image' (missing "
+                              "['mask']) (an image feeds only the first input; give one .npz per item"),
+        (tmp_path / "swapped.npz", "swapped.npz: array 'image' has items of shape (1, 32, 32), expected (3, 32, 32)"),
+    ):
+        capsys.readouterr()
+        assert main(["parity", "im", "--output-dir", str(two_inputs), "--data", str(data)]) == 2
+        out, err = capsys.readouterr()
+        (line,) = [line for line in out.splitlines() if "could not run" in line]
+        assert expected in line, line
+        assert "Traceback" not in out + err

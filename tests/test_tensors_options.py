@@ -1,7 +1,10 @@
 """The tensors family's options, item checks, side file and tie-aware score checks (no export)."""
 
+import json
+
 import numpy as np
 import pytest
+from helpers import readme_blocks
 
 from batchforge.errors import ConfigError, InputValidationError
 from batchforge.parity.tensors import output_limits, score_checks
@@ -138,3 +141,11 @@ def test_argmax_and_topk_count_reference_ties_as_agreement():
 def test_no_topk_check_when_k_covers_every_class():
     ref = np.array([[1.0, 2.0, 3.0]])
     assert [c.name for c in score_checks("p", ref, ref, _limits(1e-6), 3)] == ["argmax_agreement[p]"]
+
+
+def test_the_readme_tensors_spec_is_valid():
+    (block,) = [b for b in readme_blocks("json") if '"family": "tensors"' in b]
+    readme = ModelSpec.from_dict(json.loads(block))
+    pipeline = TensorsPipeline(readme, runner=None)
+    assert [t.name for t in readme.inputs] == ["image", "mask"]
+    assert pipeline.options.output("logits").tolerances.int8.argmax_agreement == 0.97

@@ -91,7 +91,7 @@ class Pipeline(abc.ABC):
 
     def place_side_outputs(self, results_path: Path) -> Path | None:
         """Puts files a run writes besides its results beside ``results_path``; returns the
-        folder, or None for families that write none."""
+        folder (or file), or None for families that write none."""
         return None
 
     def load_items(self, source: str | Path) -> list[np.ndarray]:
