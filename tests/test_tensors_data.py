@@ -86,3 +86,33 @@ def test_user_data_is_refused_where_the_checks_need_the_generators_structure(use
     assert (f"parity --data cannot gate '{name}': it is a reid model and its retrieval checks need queries and "
             "a gallery of known identities") in lines[0]
     assert "(gate it without --data, on the family's own evaluation set)" in lines[0]
+
+
+@pytest.mark.parametrize("model", ["detector", "anomaly"])
+def test_zoo_image_families_take_a_folder_as_raw_images(classifier, tmp_path, model):
+    """Each side preprocesses the images as without --data; anomaly's unlabelled set carries no
+    labels (its reference-AUROC check, which needs them, is left out)."""
+    from batchforge.export.registry import get_model
+    from batchforge.parity.gate import family_for
+    from batchforge.parity.session import ParitySession
+    from batchforge.runtime.images import read_image
+
+    spec = get_model(model).spec
+    session = ParitySession(tmp_path, "onnxruntime", data=classifier / "held_out", eval_size=3)
+    eval_set = session.eval_set(family_for(spec.family), spec)
+    files = sorted((classifier / "held_out").iterdir())[:3]
+    assert [item.source for item in eval_set.items] == [str(f) for f in files]
+    for item, file in zip(eval_set.items, files):
+        np.testing.assert_array_equal(item.data, read_image(file))
+    assert eval_set.extra.get("labels") == (None if model == "detector" else ())
+
+
+def test_zoo_image_families_refuse_preprocessed_arrays(classifier, tmp_path):
+    from batchforge.errors import UsageError
+    from batchforge.export.registry import get_model
+    from batchforge.parity.user_data import read_user_data
+
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(UsageError, match="'detector' is a detector model, whose checks decode in image "
+                                         "coordinates and need the images"):
+        read_user_data(tmp_path / "x.npz", get_model("detector").spec, None)
