@@ -31,10 +31,11 @@ from batchforge.runtime.spec import ModelSpec
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One evaluation input: a name and the raw item (RGB uint8 image or array)."""
+    """One evaluation input: a name and the raw item (RGB uint8 image, array, or what the family's
+    ``prepare`` / ``reference_inputs`` take, e.g. the tensors family's TensorItem)."""
 
     source: str
-    data: np.ndarray
+    data: Any
 
 
 @dataclass(frozen=True)

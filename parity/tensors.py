@@ -74,9 +74,9 @@ def synthetic_items(spec: ModelSpec, count: int) -> tuple[EvalItem, ...]:
         arrays = {t.name: rng.random([int(d) for d in t.item_shape]).astype(t.dtype) for t in arrays_for}
         if images is not None:
             name, image = images[index]
-            items.append(EvalItem(name, TensorItem(image, arrays)))  # type: ignore[arg-type]
+            items.append(EvalItem(name, TensorItem(image, arrays)))
         else:
-            items.append(EvalItem(f"synthetic{index:04d}", TensorItem(None, arrays)))  # type: ignore[arg-type]
+            items.append(EvalItem(f"synthetic{index:04d}", TensorItem(None, arrays)))
     return tuple(items)
 
 
@@ -168,7 +168,7 @@ class TensorsParity(FamilyParity):
             tensor, geometry = torch_preprocess(data.image, spec.preprocess)
             feed[spec.inputs[0].name] = tensor.numpy()
         feed.update(data.arrays)
-        check_item_feed(feed, spec, item.source)
+        check_item_feed(feed, spec, item.source, from_image=data.image is not None)
         return feed, geometry
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:

@@ -68,7 +68,7 @@ def read_user_data(path: str | os.PathLike[str], spec: ModelSpec, limit: int | N
             except InputValidationError as exc:
                 bad.append(exc.message)
                 continue
-            items.append(EvalItem(str(file), data))  # type: ignore[arg-type]
+            items.append(EvalItem(str(file), data))
         if bad:
             raise InputValidationError(f"{len(bad)} --data file(s) could not be read: " + "; ".join(bad[:3]),
                                        hint="fix or remove them")
@@ -79,8 +79,7 @@ def read_user_data(path: str | os.PathLike[str], spec: ModelSpec, limit: int | N
                              "decode in image coordinates and need the images, not preprocessed arrays",
                              hint="pass a folder of images")
         data = read_arrays(spec, path, count)
-        items = tuple(EvalItem(f"{path.name}[{i}]", TensorItem(None, feed))  # type: ignore[arg-type]
-                      for i, feed in enumerate(data.feeds))
+        items = tuple(EvalItem(f"{path.name}[{i}]", TensorItem(None, feed)) for i, feed in enumerate(data.feeds))
         return UserData(items, str(path), data.sha256, lambda n: hash_arrays(data.feeds[:n]))
     raise UsageError(f"parity --data {path}: expected a folder, a .npz or a .npy file",
                      hint="the same sources as calibrate --data")

@@ -79,11 +79,16 @@ def test_item_feeds_are_checked_by_name_dtype_and_shape_without_casting():
     image, mask = np.zeros((3, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32)
     check_item_feed({"image": image, "mask": mask}, s, "ok")
     with pytest.raises(InputValidationError) as info:
-        check_item_feed({"image": image}, s, "a.png")
+        check_item_feed({"image": image}, s, "a.png", from_image=True)
     text = info.value.one_line()
     assert ("a.png: model 'm' takes inputs ['image', 'mask'], this item gives an image for 'image' "
             "(missing ['mask'])") in text
     assert "one .npz per item with one array per input name" in text
+    with pytest.raises(InputValidationError, match=r"this item gives arrays \['image'\] \(missing \['mask'\]\)"):
+        check_item_feed({"image": image}, s, "a.npz")
+    with pytest.raises(InputValidationError, match=r"gives an image for 'image' and arrays \['label'\] "
+                                                   r"\(missing \['mask'\]\) \(unexpected \['label'\]\)"):
+        check_item_feed({"image": image, "label": mask}, s, "a.png", from_image=True)
     for feed, expected in (
         ({"image": image, "mask": mask.astype(np.float64)},
          "b.npz: input 'mask' is float32, the item's array is float64 (convert it explicitly (array.astype("
@@ -149,3 +154,16 @@ def test_the_readme_tensors_spec_is_valid():
     pipeline = TensorsPipeline(readme, runner=None)
     assert [t.name for t in readme.inputs] == ["image", "mask"]
     assert pipeline.options.output("logits").tolerances.int8.argmax_agreement == 0.97
+
+
+def test_non_finite_or_large_outputs_never_go_into_the_line():
+    from batchforge.runtime.pipelines.tensors import TensorsResult
+    from batchforge.runtime.results import jsonable
+
+    outputs = {"small": np.array([1.0, 2.0], np.float32), "nan": np.array([np.nan], np.float32),
+               "large": np.zeros(65, np.float32)}
+    record = jsonable(TensorsResult("x", outputs, {"small": OutputKind.LOGITS}, top_k=1).to_record()["outputs"])
+    assert record["small"] == {"shape": [2], "dtype": "float32", "values": [1.0, 2.0],
+                               "top": [{"index": 1, "score": 2.0}]}
+    assert record["nan"] == {"shape": [1], "dtype": "float32", "npz": None}  # JSON has no NaN
+    assert record["large"] == {"shape": [65], "dtype": "float32", "npz": None}  # no side file placed

@@ -197,13 +197,20 @@ def as_tensor_item(item: Any, spec: ModelSpec) -> TensorItem:
     return TensorItem(None, {spec.inputs[0].name: item})
 
 
-def check_item_feed(feed: Mapping[str, np.ndarray], spec: ModelSpec, source: str) -> None:
-    """Names, dtype and item shape of one item's feed against the spec; nothing is cast."""
+def check_item_feed(feed: Mapping[str, np.ndarray], spec: ModelSpec, source: str, *,
+                    from_image: bool = False) -> None:
+    """Names, dtype and item shape of one item's feed against the spec; nothing is cast.
+
+    Args:
+        from_image: the first input came from an image (for the message).
+    """
     expected = list(spec.input_names)
     if sorted(feed) != sorted(expected):
         missing = [n for n in expected if n not in feed]
         unexpected = sorted(n for n in feed if n not in expected)
-        given = "an image for " + repr(expected[0]) if list(feed) == [expected[0]] else f"arrays {sorted(feed)}"
+        arrays = sorted(n for n in feed if not (from_image and n == expected[0]))
+        given = " and ".join(([f"an image for {expected[0]!r}"] if from_image else [])
+                             + ([f"arrays {arrays}"] if arrays or not from_image else []))
         raise InputValidationError(
             f"{source}: model {spec.name!r} takes inputs {expected}, this item gives {given}"
             + (f" (missing {missing})" if missing else "") + (f" (unexpected {unexpected})" if unexpected else ""),
@@ -358,7 +365,7 @@ class TensorsPipeline(Pipeline):
             if clash:
                 raise InputValidationError(f"{source}: input {clash[0]!r} is given both as an image and an array")
         feed.update(item.arrays)
-        check_item_feed(feed, self.spec, source)
+        check_item_feed(feed, self.spec, source, from_image=item.image is not None)
         return Prepared(source, feed, geometry)
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
