@@ -38,15 +38,9 @@ from batchforge.parity.gate import register_family
 from batchforge.parity.report import Check
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext
 from batchforge.runtime.artifacts import Precision
-from batchforge.runtime.pipelines.tensors import (
-    OutputOptions,
-    TensorItem,
-    TensorsOptions,
-    TensorsResult,
-    as_tensor_item,
-    check_item_feed,
-)
+from batchforge.runtime.pipelines.tensors import TensorItem, TensorsResult, as_tensor_item, check_item_feed
 from batchforge.runtime.post.common import top_k
+from batchforge.runtime.post.tensors import OutputOptions, TensorsOptions
 from batchforge.runtime.results import Result
 from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.tolerances import Limit

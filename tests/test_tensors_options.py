@@ -9,13 +9,8 @@ from helpers import readme_blocks
 from batchforge.errors import ConfigError, InputValidationError
 from batchforge.parity.tensors import output_limits, score_checks
 from batchforge.runtime.artifacts import Precision
-from batchforge.runtime.pipelines.tensors import (
-    OutputKind,
-    SideArrays,
-    TensorsOptions,
-    TensorsPipeline,
-    check_item_feed,
-)
+from batchforge.runtime.pipelines.tensors import SideArrays, TensorsPipeline, check_item_feed
+from batchforge.runtime.post.tensors import OutputKind, TensorsOptions
 from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.tolerances import TOLERANCES, Limit
 

@@ -134,7 +134,8 @@ def test_an_output_depending_on_its_batch_mates_fails_batch_equivalence(tmp_path
 
 def test_parity_scales_batch_quantities_by_the_outputs_largest_value():
     from batchforge.parity.tensors import TensorsParity
-    from batchforge.runtime.pipelines.tensors import OutputKind, TensorsResult
+    from batchforge.runtime.pipelines.tensors import TensorsResult
+    from batchforge.runtime.post.tensors import OutputKind
 
     results = [TensorsResult(str(i), {"x": np.array([v, -2 * v], np.float32)}, {"x": OutputKind.VALUES})
                for i, v in enumerate((100.0, 50.0))]

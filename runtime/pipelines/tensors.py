@@ -14,16 +14,11 @@ values (default 64) into the JSON line; larger ones (and any with NaN/Inf) go in
 ``<jsonl stem>.outputs.npz`` beside the JSONL under the key ``line<NNNNNN>/<output>`` (the record's
 0-based line in the JSONL), and the record names file and key.
 
-Options (the spec's ``postprocess``): ``outputs`` maps an output name to its ``kind``
-(``"values"``, ``"logits"`` or ``"probabilities"``: class scores over the last axis, for which the
-record lists the ``top_k`` classes and parity checks argmax / top-k agreement) and optional
-per-precision ``tolerances`` (``max_abs``, ``max_rel``, ``min_cosine``, ``argmax_agreement``,
-``topk_overlap``) that replace the tier defaults of ``batchforge/tolerances.py`` for that output.
+Options (the spec's ``postprocess``): ``batchforge/runtime/post/tensors.py``.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import tempfile
 import zipfile
@@ -35,145 +30,16 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import ConfigError, InputValidationError
-from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.images import IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from batchforge.runtime.pipelines.base import Pipeline, Prepared, image_feed
 from batchforge.runtime.post.common import top_k
+from batchforge.runtime.post.tensors import OutputKind, TensorsOptions, goes_inline
 from batchforge.runtime.results import Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec
-from batchforge.runtime.typed_options import build, convert, settle
 
 ARRAY_SUFFIXES = (".npz", ".npy")
 SIDE_FILE_SUFFIX = ".outputs.npz"
-
-
-class OutputKind(str, enum.Enum):
-    """What an output's values are; logits and probabilities are class scores over the last axis."""
-
-    VALUES = "values"
-    LOGITS = "logits"
-    PROBABILITIES = "probabilities"
-
-    @property
-    def is_scores(self) -> bool:
-        return self is not OutputKind.VALUES
-
-
-@dataclass(frozen=True)
-class OutputTolerance:
-    """Per-output limits replacing the tier defaults at one precision (None: the tier's)."""
-
-    max_abs: float | None = None
-    max_rel: float | None = None
-    min_cosine: float | None = None
-    argmax_agreement: float | None = None
-    topk_overlap: float | None = None
-
-    def __post_init__(self) -> None:
-        settle(self)
-
-    def value_problems(self) -> list[tuple[tuple[str, ...], str]]:
-        found = []
-        for name in ("max_abs", "max_rel"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                found.append(((name,), f"{name}: expected a number >= 0, got {value}"))
-        for name in ("min_cosine", "argmax_agreement", "topk_overlap"):
-            value = getattr(self, name)
-            if value is not None and not -1.0 <= value <= 1.0:
-                found.append(((name,), f"{name}: expected a number in [-1, 1], got {value}"))
-        return found
-
-
-@dataclass(frozen=True)
-class PrecisionTolerances:
-    fp32: OutputTolerance | None = None
-    fp16: OutputTolerance | None = None
-    int8: OutputTolerance | None = None
-
-    def __post_init__(self) -> None:
-        settle(self)
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    kind: OutputKind = OutputKind.VALUES
-    tolerances: PrecisionTolerances = field(default_factory=PrecisionTolerances)
-
-    def __post_init__(self) -> None:
-        settle(self)
-
-
-def _output_options(name: str, data: Any) -> tuple[OutputOptions | None, list[str]]:
-    """One output's options from JSON, every problem named by its path. Built level by level
-    with typed_options' converters (its ``build`` names problems of one nesting level)."""
-    if isinstance(data, OutputOptions):
-        return data, []
-    prefix = f"outputs.{name}."
-    if not isinstance(data, Mapping):
-        return None, [f"outputs.{name}: expected an object, got {type(data).__name__}"]
-    problems = [f"unknown key '{prefix}{key}'" for key in sorted(map(str, data)) if key not in ("kind", "tolerances")]
-    kind, found = convert(data.get("kind", OutputKind.VALUES.value), OutputKind, prefix + "kind")
-    problems += found
-    tolerances = data.get("tolerances") or {}
-    per_precision: dict[str, OutputTolerance | None] = {}
-    if not isinstance(tolerances, Mapping):
-        problems.append(f"{prefix}tolerances: expected an object of precision -> limits, got "
-                        f"{type(tolerances).__name__}")
-    else:
-        known = [p.value for p in Precision]
-        problems += [f"unknown key '{prefix}tolerances.{key}'" for key in sorted(map(str, tolerances))
-                     if key not in known]
-        for precision in known:
-            limits = tolerances.get(precision)
-            if limits is None:
-                continue
-            if not isinstance(limits, Mapping):
-                problems.append(f"{prefix}tolerances.{precision}: expected an object, got {type(limits).__name__}")
-                continue
-            per_precision[precision], found = build(OutputTolerance, limits, f"{prefix}tolerances.{precision}.")
-            problems += found
-    if problems:
-        return None, problems
-    return OutputOptions(kind, PrecisionTolerances(**per_precision)), []
-
-
-@dataclass(frozen=True)
-class TensorsOptions:
-    """``outputs``: output name -> OutputOptions (outputs not named are ``values``);
-    ``top_k``: classes listed per score output; ``inline_max_values``: larger outputs go to the
-    side ``.npz`` in ``run``."""
-
-    outputs: Mapping[str, OutputOptions] = field(default_factory=dict)
-    top_k: int = 5
-    inline_max_values: int = 64
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        for name, hint in (("top_k", int), ("inline_max_values", int)):
-            _, found = convert(getattr(self, name), hint, name)
-            problems += found
-        if not problems and self.top_k < 1:
-            problems.append(f"top_k: expected an integer >= 1, got {self.top_k}")
-        if not problems and self.inline_max_values < 0:
-            problems.append(f"inline_max_values: expected an integer >= 0, got {self.inline_max_values}")
-        outputs: dict[str, OutputOptions] = {}
-        if not isinstance(self.outputs, Mapping):
-            problems.append(f"outputs: expected an object of output name -> options, got "
-                            f"{type(self.outputs).__name__}")
-        else:
-            for name, value in self.outputs.items():
-                built, found = _output_options(str(name), value)
-                problems += found
-                if built is not None:
-                    outputs[str(name)] = built
-        if problems:
-            raise ConfigError("invalid tensors postprocess options", problems=problems)
-        object.__setattr__(self, "outputs", outputs)
-
-    def output(self, name: str) -> OutputOptions:
-        return self.outputs.get(name, OutputOptions())
 
 
 @dataclass(frozen=True)
@@ -282,11 +148,6 @@ class TensorsResult(Result):
             entries[name] = entry
         record["outputs"] = entries
         return record
-
-
-def goes_inline(value: np.ndarray, limit: int) -> bool:
-    """Small, finite outputs are written into the JSON line (JSON has no NaN)."""
-    return value.size <= limit and (not np.issubdtype(value.dtype, np.floating) or bool(np.isfinite(value).all()))
 
 
 class SideArrays:
