@@ -315,7 +315,8 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
         FP32: {
             "raw_cosine": at_least(0.99999, SPEC),
             "raw_max_rel": at_most(1e-4, "as reid: ORT CPU vs torch CPU FP32 measured <= 1e-6 on the reid "
-                                         "zoo, <= 3.1e-7 on the test classifiers of tests/user_models.py"),
+                                         "zoo, <= 3.1e-7 on the test classifiers of tests/user_models.py, 4.6e-7 "
+                                         "on torchvision squeezenet1_1 (weights=None, 64x64)"),
             "row_cosine": at_least(0.99999, SPEC + " (embedding cosine), per item"),
             "argmax_agreement": at_least(1.0, "SPEC top-1 tier; reference ties within score_tie count as agreement"),
             "topk_overlap": at_least(0.99, "as reid top5_overlap: near-tied lower ranks"),
