@@ -85,6 +85,11 @@ class FamilyParity(abc.ABC):
         tensor, geometry = torch_preprocess(item.data, spec.preprocess)
         return {spec.inputs[0].name: tensor.numpy()}, geometry
 
+    def output_limits(self, ctx: ModelContext, output: str) -> Mapping[str, Any]:
+        """The limits of one output's raw checks: the family's tier unless the family lets the
+        spec declare per-output tolerances."""
+        return ctx.limits
+
     @abc.abstractmethod
     def task_checks(self, ctx: ModelContext) -> list[Any]:
         """Checks on decoded outputs (list of parity.report.Check)."""

@@ -109,9 +109,23 @@ def test_a_declared_limit_is_checked_for_that_output(classifier, tmp_path, field
         tolerances={"fp32": {field: limit}}))
     code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
     assert code == 1
-    assert failing(model) == {f"{field}[logits]"}
-    check = next(c for c in model["checks"] if c["name"] == f"{field}[logits]")
+    name = {"max_abs": "max_abs[logits]", "max_rel": "raw_max_rel[logits]"}[field]
+    assert failing(model) == {name}
+    check = next(c for c in model["checks"] if c["name"] == name)
     assert check["reason"] == f"spec: postprocess.outputs.logits.tolerances.fp32.{field}"
+
+
+def test_a_declared_max_rel_can_loosen_the_tier_for_that_output(classifier, tmp_path):
+    """The 5e-4 bias shift that fails the fp32 tier (see above) passes once the spec declares a
+    max rel above what it measures; the check then reports the spec's limit and reason."""
+    copy = planted(classifier, tmp_path, "cls", lambda n, a: a + 5e-4 if head_bias(n) else None)
+    edit_export_spec(copy, lambda s: s["postprocess"]["outputs"]["logits"].update(
+        tolerances={"fp32": {"max_rel": 1e-2}}))
+    code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
+    assert code == 0, failing(model)
+    check = next(c for c in model["checks"] if c["name"] == "raw_max_rel[logits]")
+    assert check["limit"] == 1e-2 and 1e-4 < check["value"] < 1e-2
+    assert check["reason"] == "spec: postprocess.outputs.logits.tolerances.fp32.max_rel"
 
 
 def test_two_outputs_are_judged_apart(two_heads, tmp_path):

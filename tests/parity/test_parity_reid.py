@@ -50,9 +50,11 @@ def wrong_normalisation(spec):
 
 
 @pytest.mark.parametrize("edit", [swap_channels, wrong_normalisation], ids=["rgb-bgr", "mean-std"])
-def test_preprocessing_config_faults_fail(zoo_copy, edit):
+def test_preprocessing_config_faults_fail(zoo_copy, edit, tmp_path):
     edit_export_spec(zoo_copy, edit)
-    assert parity(zoo_copy) == 1
+    report = tmp_path / "parity.json"
+    assert parity(zoo_copy, "--report", str(report)) == 1
+    assert {"embedding_cosine", "raw_cosine[embedding]"} <= failed_checks(report)
 
 
 def perturb_weight(model):
@@ -67,10 +69,31 @@ def drop_bias(model):
     del conv.input[2]
 
 
-@pytest.mark.parametrize("mutate", [perturb_weight, drop_bias], ids=["perturbed-weight", "dropped-bias"])
-def test_graph_faults_fail(zoo_copy, mutate):
+def mix_the_batch(model):
+    """A batch-dependent graph (as a BatchNorm exported in training mode would be): every
+    embedding gets 1% of the batch mean added."""
+    from onnx import helper
+
+    out = model.graph.output[0].name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = "unmixed"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "batch_axis"),
+                                    numpy_helper.from_array(np.array(0.01, np.float32), "mix")])
+    model.graph.node.extend([helper.make_node("ReduceMean", ["unmixed", "batch_axis"], ["batch_mean"]),
+                             helper.make_node("Mul", ["batch_mean", "mix"], ["mixed"]),
+                             helper.make_node("Add", ["unmixed", "mixed"], [out])])
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (perturb_weight, {"embedding_cosine", "raw_cosine[embedding]"}),
+    (drop_bias, {"raw_max_rel[embedding]"}),
+    (mix_the_batch, {"batch1_vs_max[embedding]", "batch8_vs_max[embedding]"}),
+], ids=["perturbed-weight", "dropped-bias", "batch-mixing"])
+def test_graph_faults_fail(zoo_copy, mutate, expected, tmp_path):
     replant_onnx(zoo_copy, Precision.FP32, mutate)
-    assert parity(zoo_copy) == 1
+    report = tmp_path / "parity.json"
+    assert parity(zoo_copy, "--report", str(report)) == 1
+    assert expected <= failed_checks(report), failed_checks(report)
 
 
 def test_missing_artifact_exits_2_with_the_command(tmp_path, capsys):
