@@ -28,6 +28,9 @@ class Family:
     zoo: modules that register the family's zoo models (torch side); empty for a family that
         only serves user models.
     ensemble_pipeline: Pipeline class for ensembles of the family, if it has any.
+    image_input: its first input is an image, so a spec needs ``preprocess``.
+    inputs / outputs: how many inputs its pipeline feeds and outputs its pipeline and parity
+        checks read (None: any number); ``spec_problems`` holds a spec to them.
     """
 
     name: str
@@ -36,6 +39,9 @@ class Family:
     parity: str
     zoo: tuple[str, ...] = ()
     ensemble_pipeline: str | None = None
+    image_input: bool = True
+    inputs: int | None = 1
+    outputs: int | None = None
 
     def load_pipeline(self) -> Any:
         return resolve(self.pipeline)
@@ -46,23 +52,58 @@ class Family:
     def load_samples(self) -> Any:
         return resolve(self.samples)
 
+    def spec_problems(self, spec: Any, root: str = "spec.") -> list[str]:
+        """What parity and run will refuse in ``spec`` (a ModelSpec of this family), found before a
+        slow export: input/output counts, image preprocessing, and the postprocess options parsed
+        by the pipeline's own options type, then the pipeline's own checks of the spec (it is
+        built without a runner). Each problem names its path under ``root``."""
+        from batchforge.errors import ConfigError
+        from batchforge.runtime.spec import parse_options
+        from batchforge.runtime.typed_options import prefixed
+
+        found = []
+        for what, wanted, names in (("inputs", self.inputs, spec.input_names),
+                                    ("outputs", self.outputs, spec.outputs)):
+            if wanted is not None and len(names) != wanted:
+                found.append(f"{root}{what}: family {self.name!r} reads {wanted} {what[:-1]}(s), the spec "
+                             f"names {len(names)} ({', '.join(names)}); a model with other {what} is "
+                             "family 'tensors'")
+        if self.image_input and spec.preprocess is None:
+            found.append(f"{root}preprocess: family {self.name!r} feeds images, so the spec needs a "
+                         'preprocess, e.g. {"height": 224, "width": 224}; got none')
+        pipeline = self.load_pipeline()
+        try:
+            options = parse_options(pipeline.options_type, spec.postprocess, f"{self.name} postprocess options")
+        except ConfigError as exc:
+            return found + ([prefixed(f"{root}postprocess.", p) for p in exc.problems]
+                            or [f"{root}postprocess: {exc.message}"])
+        if not found:
+            try:
+                pipeline(spec, None, options)
+            except ConfigError as exc:
+                found.append(f"{root.rstrip('.')}: {exc.message}")
+        return found
+
 
 _RT, _EX, _PA = "batchforge.runtime.pipelines", "batchforge.export", "batchforge.parity"
 
+# outputs: reid and keypoints read outputs[0] (embedding, heatmaps); detector/facepose's pipeline
+# names its outputs (boxes, scores[, pose]); anomaly and ptycho read two (map + score, amplitude + phase)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("reid", f"{_RT}.reid:ReidPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.reid",
-           zoo=(f"{_EX}.zoo.reid",), ensemble_pipeline=f"{_RT}.reid:ReidEnsemblePipeline"),
+           zoo=(f"{_EX}.zoo.reid",), ensemble_pipeline=f"{_RT}.reid:ReidEnsemblePipeline", outputs=1),
     Family("detector", f"{_RT}.detection:DetectorPipeline", f"{_EX}.samples.detection:object_images",
-           f"{_PA}.detection", zoo=(f"{_EX}.zoo.detector",)),
+           f"{_PA}.detection", zoo=(f"{_EX}.zoo.detector",), outputs=2),
     Family("facepose", f"{_RT}.detection:FacePosePipeline", f"{_EX}.samples.detection:face_images",
-           f"{_PA}.detection", zoo=(f"{_EX}.zoo.facepose",)),
+           f"{_PA}.detection", zoo=(f"{_EX}.zoo.facepose",), outputs=3),
     Family("anomaly", f"{_RT}.anomaly:AnomalyPipeline", f"{_EX}.samples.anomaly:sample_images",
-           f"{_PA}.anomaly", zoo=(f"{_EX}.zoo.anomaly",)),
+           f"{_PA}.anomaly", zoo=(f"{_EX}.zoo.anomaly",), outputs=2),
     Family("keypoints", f"{_RT}.keypoints:KeypointsPipeline", f"{_EX}.samples.keypoints:sample_images",
-           f"{_PA}.keypoints", zoo=(f"{_EX}.zoo.keypoints",)),
+           f"{_PA}.keypoints", zoo=(f"{_EX}.zoo.keypoints",), outputs=1),
     Family("ptycho", f"{_RT}.ptycho:PtychoPipeline", f"{_EX}.samples.ptycho:sample_patterns",
-           f"{_PA}.ptycho", zoo=(f"{_EX}.zoo.ptycho",)),
-    Family("tensors", f"{_RT}.tensors:TensorsPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.tensors"),
+           f"{_PA}.ptycho", zoo=(f"{_EX}.zoo.ptycho",), image_input=False, outputs=2),
+    Family("tensors", f"{_RT}.tensors:TensorsPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.tensors",
+           image_input=False, inputs=None),
 )}
 
 
@@ -125,7 +166,11 @@ def problems(family: Family) -> list[str]:
 
         for module in family.zoo:
             part("zoo module", module)
-        if not any(entry.spec.family == family.name and entry.factory.partition(":")[0] in family.zoo
-                   for entry in ZOO.values()):
+        mine = [entry for entry in ZOO.values()
+                if entry.spec.family == family.name and entry.factory.partition(":")[0] in family.zoo]
+        if not mine:
             found.append(f"{family.name}: zoo modules {', '.join(family.zoo)} register no model of this family")
+        if not found:  # the declaration (input/output counts, options) fits the family's own zoo
+            found += [f"{family.name}: zoo model {e.spec.name!r}: {p}"
+                      for e in mine for p in family.spec_problems(e.spec)]
     return found

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from batchforge.errors import UsageError
+from batchforge.errors import ConfigError, UsageError
 from batchforge.families import get_family
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
 from batchforge.runtime.loading import ENSEMBLE_FILE
-from batchforge.runtime.spec import ModelSpec
+from batchforge.runtime.spec import ModelSpec, parse_model_spec
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -51,21 +51,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from batchforge.export.exporter import export_model
-    from batchforge.export.onnx_export import ExportOptions
     from batchforge.export.registry import ZooEntry, expand_names, get_ensemble, get_model
 
-    options = ExportOptions(opset=args.opset, trace_batch=args.trace_batch,
-                            allow_fallback=not args.no_fallback)
     if args.factory or args.spec:
         if not (args.factory and args.spec):
             raise UsageError("a user model needs both --factory MODULE:FUNCTION and --spec FILE")
         if args.models or args.all:
             raise UsageError("give either zoo model names or --factory/--spec, not both")
-        entries = [ZooEntry(_read_spec(args.spec), args.factory)]
+        entries = [ZooEntry(_read_spec(args.spec), args.factory)]  # before torch: a bad spec fails fast
     else:
         names = expand_names(args.models, args.all)
         entries = [get_model(n) for n in names]
+    from batchforge.export.exporter import export_model
+    from batchforge.export.onnx_export import ExportOptions
+
+    options = ExportOptions(opset=args.opset, trace_batch=args.trace_batch,
+                            allow_fallback=not args.no_fallback)
     if args.weights and len(entries) != 1:
         raise UsageError(f"--weights applies to exactly one model, got {len(entries)}")
     for entry in entries:
@@ -100,17 +101,31 @@ def _all_ensembles() -> list[str]:
 
 
 def _read_spec(path: str) -> ModelSpec:
+    """The user's spec, validated as a whole before the export: everything parity and run will
+    need (``parse_model_spec``, then the family's ``spec_problems``). Problems are printed one per
+    line (``FILE: spec.PATH: ...``), then one ConfigError (exit 2) says how many."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
-    spec = ModelSpec.from_dict(data)
-    try:
-        get_family(spec.family)
-    except UsageError as exc:
-        raise UsageError(f"spec file {path}: {exc.message}", hint="parity and run need one of them") from None
+    family = data.get("family") if isinstance(data, dict) else None
+    if isinstance(family, str):
+        try:
+            get_family(family)
+        except UsageError as exc:
+            raise UsageError(f"spec file {path}: {exc.message}", hint="parity and run need one of them") from None
+    spec, problems = parse_model_spec(data, root="spec.")
+    if spec is not None:
+        problems = get_family(spec.family).spec_problems(spec)
+    if problems:
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        raise ConfigError(f"spec file {path} has {len(problems)} problem{'s' if len(problems) > 1 else ''} "
+                          "(listed above); nothing was exported",
+                          hint="fix them in the spec file; README 'Your own model' shows a complete one")
+    assert spec is not None
     return spec
 
 

@@ -98,6 +98,11 @@ class Preprocess:
     pad_value: float = 114.0
 
     def __post_init__(self) -> None:
+        sizes = (self.height, self.width)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+            raise ConfigError(f"height and width must be integers, got {sizes}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"mean and std must be numbers, got mean={self.mean} std={self.std}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.height < 1 or self.width < 1:
@@ -135,34 +140,123 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Parses a dict written by ``to_dict``; unknown or missing keys raise ConfigError."""
-        _check_keys("model spec", data, cls)
-        pre = data.get("preprocess")
-        if pre is not None:
-            _check_keys("preprocess", pre, Preprocess)
-            pre = Preprocess(
-                **{
-                    **pre,
-                    "resize": _enum_value(ResizeMode, pre.get("resize", "stretch")),
-                    "mean": tuple(pre.get("mean", Preprocess.mean)),
-                    "std": tuple(pre.get("std", Preprocess.std)),
-                }
-            )
-        inputs = []
-        for item in data["inputs"]:
-            _check_keys("input", item, TensorSpec)
-            inputs.append(TensorSpec(item["name"], tuple(item["shape"]), item.get("dtype", "float32")))
-        _check_keys("profile", data["profile"], ProfileRange)
-        return cls(
-            name=data["name"],
-            family=data["family"],
-            inputs=tuple(inputs),
-            outputs=tuple(data["outputs"]),
-            profile=ProfileRange(**data["profile"]),
-            preprocess=pre,
-            postprocess=dict(data.get("postprocess", {})),
-            description=data.get("description", ""),
-        )
+        """Parses a dict written by ``to_dict``; every unknown or missing key and wrong value
+        raises one ConfigError naming each (``parse_model_spec``)."""
+        spec, problems = parse_model_spec(data)
+        if problems:
+            raise ConfigError("invalid model spec", problems=problems)
+        assert spec is not None
+        return spec
+
+
+def parse_model_spec(data: Any, root: str = "") -> tuple[ModelSpec | None, list[str]]:
+    """Builds a ModelSpec from JSON data, collecting every problem instead of stopping at the first.
+
+    Args:
+        data: the parsed JSON.
+        root: the dotted path of ``data`` for messages (``"spec."`` names ``spec.inputs[0].name``).
+    Returns:
+        (spec or None, problems), each problem naming its path, what was expected and what was given.
+    """
+    if not isinstance(data, Mapping):
+        return None, [f"{root.rstrip('.') or 'model spec'}: expected a JSON object, got {type(data).__name__}"]
+    problems = _key_problems(root, data, ModelSpec)
+    for key in ("name", "family"):
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            problems.append(f"{root}{key}: expected a non-empty string, got {data[key]!r}")
+    if not isinstance(data.get("description", ""), str):
+        problems.append(f"{root}description: expected a string, got {data['description']!r}")
+    if not isinstance(data.get("postprocess", {}), Mapping):
+        problems.append(f"{root}postprocess: expected an object of the family's options, "
+                        f"got {type(data['postprocess']).__name__}")
+    inputs, found = _parse_inputs(data.get("inputs", []), f"{root}inputs") if "inputs" in data else ((), [])
+    problems += found
+    outputs, found = _parse_outputs(data.get("outputs", []), f"{root}outputs") if "outputs" in data else ((), [])
+    problems += found
+    profile, found = _parse_section(data.get("profile", {}), f"{root}profile", ProfileRange,
+                                    lambda d: ProfileRange(**d)) if "profile" in data else (None, [])
+    problems += found
+    preprocess, found = (None, [])
+    if data.get("preprocess") is not None:
+        preprocess, found = _parse_section(data["preprocess"], f"{root}preprocess", Preprocess, _preprocess)
+    problems += found
+    if problems:
+        return None, problems
+    return ModelSpec(name=data["name"], family=data["family"], inputs=inputs, outputs=outputs,
+                     profile=profile, preprocess=preprocess, postprocess=dict(data.get("postprocess", {})),
+                     description=data.get("description", "")), []
+
+
+def _preprocess(data: Mapping[str, Any]) -> Preprocess:
+    return Preprocess(**{**data, "resize": _enum_value(ResizeMode, data.get("resize", "stretch")),
+                         "mean": tuple(data.get("mean", Preprocess.mean)),
+                         "std": tuple(data.get("std", Preprocess.std))})
+
+
+def _built(path: str, make: Any) -> tuple[Any, list[str]]:
+    """``make()`` with its ConfigError (or the TypeError of a wrongly typed value) as problems at ``path``."""
+    try:
+        return make(), []
+    except ConfigError as exc:
+        return None, [f"{path}: {p}" for p in exc.problems] or [f"{path}: {exc.message}"]
+    except (TypeError, ValueError) as exc:
+        return None, [f"{path}: {exc}"]
+
+
+def _parse_section(data: Any, path: str, cls: type, make: Any) -> tuple[Any, list[str]]:
+    if not isinstance(data, Mapping):
+        return None, [f"{path}: expected an object, got {type(data).__name__}"]
+    problems = _key_problems(path + ".", data, cls)
+    return (None, problems) if problems else _built(path, lambda: make(data))
+
+
+def _parse_inputs(data: Any, path: str) -> tuple[tuple[TensorSpec, ...], list[str]]:
+    if not isinstance(data, list) or not data:
+        return (), [f'{path}: expected a non-empty list of {{"name", "shape", "dtype"}} objects, got {data!r}']
+    inputs, problems = [], []
+    for i, item in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: expected an object with name, shape and dtype, got {item!r}")
+            continue
+        found = _key_problems(where + ".", item, TensorSpec)
+        if not isinstance(item.get("name", "x"), str) or not item.get("name", "x").strip():
+            found.append(f"{where}.name: expected a non-empty string, got {item['name']!r}")
+        shape = item.get("shape", [])
+        if not isinstance(shape, list) or not all(_is_dim(d) for d in shape[1:]):
+            found.append(f'{where}.shape: expected a list like ["batch", 3, 224, 224] (sizes >= 1), got {shape!r}')
+        tensor, more = (None, found) if found else _built(
+            where, lambda item=item: TensorSpec(item["name"], tuple(item["shape"]), item.get("dtype", "float32")))
+        problems += more
+        if tensor is not None:
+            inputs.append(tensor)
+    problems += _duplicate_problems(path, [t.name for t in inputs], "input")
+    return tuple(inputs), problems
+
+
+def _parse_outputs(data: Any, path: str) -> tuple[tuple[str, ...], list[str]]:
+    if not isinstance(data, list) or not data or not all(isinstance(n, str) and n.strip() for n in data):
+        return (), [f'{path}: expected a non-empty list of output names like ["logits"], got {data!r}']
+    return tuple(data), _duplicate_problems(path, data, "output")
+
+
+def _duplicate_problems(path: str, names: list[str], what: str) -> list[str]:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    return [f"{path}: {what} names must be unique, {n!r} is given {names.count(n)} times" for n in twice]
+
+
+def _is_dim(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _key_problems(path: str, data: Mapping[str, Any], cls: type) -> list[str]:
+    """Unknown and missing keys of ``data`` for dataclass ``cls``, named under ``path``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    unknown = [f"unknown key '{path}{k}' (known: {', '.join(fields)})" for k in sorted(map(str, data))
+               if k not in fields]
+    return unknown + [f"missing key '{path}{k}'" for k in required if k not in data]
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Any) -> enum.Enum:
@@ -176,15 +270,7 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any) -> enum.Enum:
 def _check_keys(what: str, data: Mapping[str, Any], cls: type) -> None:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    required = [
-        name
-        for name, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = sorted(set(required) - set(data))
-    problems = [f"unknown key {k!r}" for k in unknown] + [f"missing key {k!r}" for k in missing]
+    problems = _key_problems("", data, cls)
     if problems:
         raise ConfigError(f"invalid {what}", problems=problems)
 

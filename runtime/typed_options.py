@@ -98,8 +98,18 @@ def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> tuple[Any, li
     try:
         instance = cls(**{k: v for k, v in data.items() if k in names})
     except ConfigError as exc:
-        return None, problems + [prefix + p for p in exc.problems]
+        return None, problems + [prefixed(prefix, p) for p in exc.problems]
     return (instance if not problems else None), problems
+
+
+def prefixed(prefix: str, problem: str) -> str:
+    """``problem`` (``"path: ..."`` or ``"unknown key 'path'"``) with ``prefix`` put before its path,
+    so a problem found deeper down names its full path: ``tolerances.`` + ``unknown key 'fp16.cos'``
+    is ``unknown key 'tolerances.fp16.cos'``."""
+    for head in ("unknown key '", "missing key '"):
+        if problem.startswith(head):
+            return head + prefix + problem[len(head):]
+    return prefix + problem
 
 
 def settle(instance: Any) -> None:
