@@ -133,10 +133,11 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
 
 
 def verification_batches(profile: ProfileRange, trace_batch: int) -> list[int]:
-    """Where export checks ONNX against PyTorch: 1, the trace batch, opt, max and one odd size
-    other than those (a batch baked in as a constant cannot match at all of them)."""
-    sizes = {1, trace_batch, profile.opt, profile.max}
-    odd = next((b for b in range(3, profile.max + 1, 2) if b not in sizes), None)
+    """Where export checks ONNX against PyTorch: 1, opt, max and one odd size other than those
+    and the trace batch (a batch baked in as a constant cannot match at all of them). The trace
+    batch itself is left out: a graph always matches where it was traced."""
+    sizes = {1, profile.opt, profile.max}
+    odd = next((b for b in range(3, profile.max + 1, 2) if b not in sizes | {trace_batch}), None)
     return sorted(sizes | ({odd} if odd else set()))
 
 

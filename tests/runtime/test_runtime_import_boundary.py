@@ -49,9 +49,12 @@ def test_runtime_modules_import_with_heavy_packages_blocked():
 def test_lean_venv_with_only_numpy_opencv_onnxruntime(tmp_path):
     """A real venv holding only the runtime's dependencies and a non-editable batchforge."""
     venv = tmp_path / "lean"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # no pip of its own: this environment's pip installs into it (``--python``), without
+    # byte-compiling (measured: 21 s -> 6 s for the three packages)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    outer_pip = [sys.executable, "-m", "pip", "--python", str(py), "--disable-pip-version-check"]
+    pip = [*outer_pip, "install", "--quiet", "--no-compile"]
     env = {**os.environ, "PIP_NO_INPUT": "1"}
     deps = subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"),  # the tested versions
                            "numpy", "opencv-python-headless", "onnxruntime"], capture_output=True,
@@ -69,7 +72,7 @@ def test_lean_venv_with_only_numpy_opencv_onnxruntime(tmp_path):
     build = subprocess.run([*pip, "--no-deps", str(source)], capture_output=True, text=True, timeout=600,
                            env=env, cwd=tmp_path)
     assert build.returncode == 0, build.stderr
-    listed = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True,
+    listed = subprocess.run([*outer_pip, "list", "--format=freeze"], capture_output=True,
                             text=True, check=True).stdout
     assert not any(line.split("==")[0].lower() in HEAVY for line in listed.splitlines()), listed
     out = subprocess.run([str(py), "-c", CHECK.format(heavy=HEAVY)], capture_output=True, text=True,
