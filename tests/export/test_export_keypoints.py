@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from batchforge.export.reference import torch_preprocess
+from batchforge.export.reference import load_reference, torch_preprocess
 from batchforge.export.samples import SEED_EVAL, SEED_SAMPLES
 from batchforge.export.samples.keypoints import AP10K_KEYPOINTS, render_animal, sample_images
-from batchforge.export.zoo.keypoints import SPEC, keypoints
+from batchforge.export.zoo.keypoints import SPEC
+from batchforge.runtime.artifacts import ModelArtifacts
 
 IMAGES = 6
 
 
 @pytest.fixture(scope="module")
-def heatmaps():
+def heatmaps(dense_artifacts):
+    """From the exported reference weights (the init ran once, in the export fixture)."""
     torch.set_num_threads(2)
-    model = keypoints()
+    model = load_reference(ModelArtifacts.at(dense_artifacts, "keypoints"))
     images = sample_images(IMAGES, SEED_EVAL)
     batch = torch.stack([torch_preprocess(img, SPEC.preprocess)[0] for _, img in images])
     with torch.no_grad():

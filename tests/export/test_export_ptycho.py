@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from batchforge.export.reference import load_reference
 from batchforge.export.samples import SEED_EVAL, generate
 from batchforge.export.samples.ptycho import (
     PATCH,
@@ -11,7 +12,7 @@ from batchforge.export.samples.ptycho import (
     object_window,
     simulate_scan,
 )
-from batchforge.export.zoo.ptycho import ptycho
+from batchforge.runtime.artifacts import ModelArtifacts
 
 
 def test_diffraction_is_the_centred_fft_amplitude_and_keeps_energy():
@@ -38,11 +39,13 @@ def test_scans_have_float_offsets_inside_the_object_and_subpixel_windows():
     assert len(generate("ptycho", 5, SEED_EVAL)) == 5
 
 
-def test_model_outputs_have_the_objects_ranges_and_spread():
+def test_model_outputs_have_the_objects_ranges_and_spread(dense_artifacts):
+    """From the exported reference weights (the init ran once, in the export fixture)."""
     torch.set_num_threads(2)
     scan = simulate_scan(SEED_EVAL, grid=4)
     with torch.no_grad():
-        amplitude, phase = ptycho()(torch.from_numpy(scan.diffraction))
+        module = load_reference(ModelArtifacts.at(dense_artifacts, "ptycho"))
+        amplitude, phase = module(torch.from_numpy(scan.diffraction))
     amplitude, phase = amplitude.numpy(), phase.numpy()
     assert amplitude.shape == phase.shape == (16, PATCH, PATCH)
     assert 0.3 < amplitude.mean() < 0.95 and amplitude.std() > 0.05
