@@ -111,7 +111,7 @@ class ReidParity(FamilyParity):
             ref_spec, _ = session.reference_spec(member, spec)
             eval_set = session.eval_set(self, ref_spec)
             ref_parts.append(session.reference_run(member, ref_spec, self, eval_set).raw[spec.outputs[0]])
-            eng_parts.append(session.engine_run(member, precision, eval_set).raw[spec.outputs[0]])
+            eng_parts.append(session.engine_run(member, precision, eval_set, raw_only=True).raw[spec.outputs[0]])
             session.release(member, precision)  # outputs kept; its engine session is not needed again
         assert eval_set is not None
         sqrt_w = [float(np.sqrt(w)) for w in weights]

@@ -187,10 +187,16 @@ class ParitySession:
             self._modules.pop(name, None)
         return self._reference_runs[key]
 
-    def engine_run(self, name: str, precision: Precision, eval_set: EvalSet) -> EngineRun:
-        """The engine's outputs through the runtime pipeline (its preprocessing, max batch)."""
+    def engine_run(self, name: str, precision: Precision, eval_set: EvalSet, *,
+                   raw_only: bool = False) -> EngineRun:
+        """The engine's outputs through the runtime pipeline (its preprocessing, max batch).
+
+        A run whose session was released keeps only its raw outputs: enough for ``raw_only``
+        callers (ensembles); anyone else gets the model run again (an ensemble checked before
+        its members released them)."""
         key = (name, precision.value, eval_set.key)
-        if key not in self._engine_runs:
+        cached = self._engine_runs.get(key)
+        if cached is None or (cached.pipeline is None and not raw_only):
             pipeline = load_pipeline(name, output_dir=self.output_dir, precision=precision,
                                      backend=self.backend, threads=self.threads)
             pipeline.activate()
