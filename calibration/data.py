@@ -139,10 +139,15 @@ def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
             try:
                 feeds.extend(pipeline.prepare(item, str(file)).feed for item in pipeline.load_items(file))
             except InputValidationError as exc:
-                bad.append(f"{file.name}: {exc.message}")
+                bad.append((file.name, exc.message.replace(str(file), file.name), exc.hint))
         if bad:
-            raise CalibrationError(f"{len(bad)} calibration file(s) could not be read: " + "; ".join(bad[:5]),
-                                   hint="fix or remove them; nothing was written")
+            hint = f"{bad[0][2]}; nothing was written" if bad[0][2] else "fix or remove them; nothing was written"
+            reasons = {message.replace(name, "<file>") for name, message, _ in bad}
+            if len(reasons) == 1:  # one cause (e.g. a two-input model fed images): said once
+                raise CalibrationError(f"{len(bad)} of {len(files)} calibration file(s) could not be read, "
+                                       f"each for the same reason: {bad[0][1]}", hint=hint)
+            raise CalibrationError(f"{len(bad)} calibration file(s) could not be read: "
+                                   + "; ".join(f"{name}: {message}" for name, message, _ in bad[:5]), hint=hint)
         return CalibrationData(tuple(feeds[:samples]), str(path), hash_files(files), synthetic=False)
     else:
         raise CalibrationError(f"calibration data {path} is not a folder, .npy or .npz file")
@@ -165,7 +170,9 @@ def read_arrays(spec, path: Path, samples: int) -> CalibrationData:
 def _from_arrays(spec, arrays: dict[str, np.ndarray], path: Path, samples: int) -> CalibrationData:
     expected = {t.name: t for t in spec.inputs}
     if set(arrays) != set(expected):
-        raise CalibrationError(f"{path} holds arrays {sorted(arrays)}, expected the inputs {sorted(expected)}")
+        raise CalibrationError(f"{path} holds arrays {sorted(arrays)}, expected the inputs {sorted(expected)}",
+                               hint="save one (N, ...) array per input name, e.g. np.savez(path, "
+                                    + ", ".join(f"{n}=..." for n in expected) + ")")
     for name, array in arrays.items():
         want = expected[name]
         if array.dtype != np.dtype(want.dtype):

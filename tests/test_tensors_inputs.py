@@ -126,3 +126,16 @@ def test_bad_parity_data_for_two_inputs_is_one_line_and_exit_2(two_inputs, tmp_p
         (line,) = [line for line in out.splitlines() if "could not run" in line]
         assert expected in line, line
         assert "Traceback" not in out + err
+
+
+def test_calibrating_a_two_input_model_on_images_is_one_line_naming_the_cause(two_inputs, tmp_path, capsys):
+    """Every image fails the same way: said once, with the item error's own hint (use .npz)."""
+    assert main(["samples", "tensors", "--out", str(tmp_path / "images"), "--count", "8"]) == 0
+    shutil.copytree(two_inputs, tmp_path / "artifacts")
+    assert main(["calibrate", "im", "--data", str(tmp_path / "images"), "--samples", "8",
+                 "--output-dir", str(tmp_path / "artifacts")]) == 2
+    out, err = capsys.readouterr()
+    (line,) = [line for line in (out + err).splitlines() if "could not be read" in line]
+    assert "8 of 8 calibration file(s) could not be read, each for the same reason" in line
+    assert "missing ['mask']" in line and ".npz" in line and line.count("missing") == 1
+    assert not (tmp_path / "artifacts" / "im" / "model.int8.onnx").exists()
