@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchforge.errors import InputValidationError
+from batchforge.errors import ConfigError, InputValidationError
 from batchforge.runtime.post.common import l2_normalize, top_k
 
 
@@ -17,6 +17,12 @@ class ReidOptions:
 
     top_k: int = 5
     include_embedding: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError(f"reid top_k must be an integer >= 1, got {self.top_k!r}")
+        if not isinstance(self.include_embedding, bool):
+            raise ConfigError(f"reid include_embedding must be true or false, got {self.include_embedding!r}")
 
 
 def fuse_embeddings(embeddings: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

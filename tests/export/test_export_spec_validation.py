@@ -156,3 +156,10 @@ def test_nested_problems_carry_their_whole_path():
     with pytest.raises(ConfigError) as info:
         Outer(tolerances={"fp16": {"cos": 1}})
     assert info.value.problems == ["unknown key 'tolerances.fp16.cos'"]
+
+
+def test_reid_option_values_are_checked_not_only_their_keys(tmp_path, capsys):
+    spec = {**spec_dict("bad"), "postprocess": {"top_k": "3"}}
+    code, lines = export(tmp_path, spec, capsys)
+    assert code == 2
+    assert any("reid top_k must be an integer >= 1, got '3'" in line for line in lines), lines
