@@ -5,9 +5,11 @@ Nothing is cast silently: a float64 array for a float32 input is an error, not a
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -109,3 +111,12 @@ def validate_feed(
 
 def _fmt_shape(shape: tuple[int | str | None, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def load_array_file(path: str | os.PathLike[str]) -> Any:
+    """A ``.npy`` (an ndarray) or ``.npz`` (an NpzFile, one array per name) without pickles; an
+    unreadable file is an InputValidationError naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputValidationError(f"{path}: not a readable .npy/.npz file: {exc}") from None

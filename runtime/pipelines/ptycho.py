@@ -43,6 +43,7 @@ from batchforge.runtime.post.ptycho import (
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec
+from batchforge.runtime.validation import load_array_file
 
 SCAN_SUFFIXES = (".npz", ".npy")
 DEFAULT_OBJECT_FOLDER = "stitched"  # beside each input file (see the module docstring)
@@ -126,10 +127,7 @@ def check_diffraction(data: Any, patch: int, source: str) -> np.ndarray:
 def read_scan(path: str | os.PathLike[str], patch: int) -> Scan:
     """Reads a ``.npz`` scan or a ``.npy`` pattern (see the module docstring)."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputValidationError(f"{path}: not a readable .npy/.npz file: {exc}") from None
+    loaded = load_array_file(path)
     if isinstance(loaded, np.ndarray):
         data = check_diffraction(loaded, patch, str(path))
         if data.ndim == 3:

@@ -37,6 +37,7 @@ from batchforge.runtime.post.tensors import OutputKind, TensorsOptions, goes_inl
 from batchforge.runtime.results import Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec
+from batchforge.runtime.validation import load_array_file
 
 ARRAY_SUFFIXES = (".npz", ".npy")
 SIDE_FILE_SUFFIX = ".outputs.npz"
@@ -105,10 +106,7 @@ def check_item_feed(feed: Mapping[str, np.ndarray], spec: ModelSpec, source: str
 def read_item_file(path: str | os.PathLike[str], spec: ModelSpec) -> TensorItem:
     """One item from a ``.npz`` (one array per input name) or a ``.npy`` (single-input model)."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputValidationError(f"{path}: not a readable .npy/.npz file: {exc}") from None
+    loaded = load_array_file(path)
     if isinstance(loaded, np.ndarray):
         if len(spec.inputs) != 1:
             raise InputValidationError(
