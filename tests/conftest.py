@@ -6,13 +6,30 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# The zoo models the slow tests share, by fixture. They are exported in one background process
+# started with the session (``zoo_exports``), and the modules that use them run last: tracing in
+# torch.onnx.export is single-threaded Python, so it overlaps the rest of the suite on the second
+# core instead of holding the session up at the first test that needs a model.
+ZOO_GROUPS = {"resnet_artifacts": ("zoo", ("reid_resnet50",)),
+              "detection_artifacts": ("detection", ("detector", "facepose")),
+              "anomaly_artifacts": ("anomaly", ("anomaly",)),
+              "dense_artifacts": ("dense", ("keypoints", "ptycho"))}
+ZOO_USERS = {*ZOO_GROUPS, "resnet_calibrated"}
+ZOO_NEEDED = pytest.StashKey[bool]()
+
 
 def pytest_collection_modifyitems(config, items):
+    uses_zoo = {item.module for item in items if ZOO_USERS & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: item.module in uses_zoo)  # stable: modules stay whole and in order
+    config.stash[ZOO_NEEDED] = bool(uses_zoo)
     gpu_ready, reason = _gpu_ready()
     if gpu_ready:
         return
@@ -70,19 +87,51 @@ def coverage_paused():
         cov.start()
 
 
-def _export_zoo(tmp_path_factory, folder: str, *models: str):
-    from batchforge.cli import main
+@pytest.fixture(scope="session", autouse=True)
+def zoo_exports(request, tmp_path_factory):
+    """One background ``batchforge export`` per group of ZOO_GROUPS, run one after another (one
+    torch thread: the suite keeps the other core), started before the first test when any
+    collected test needs them."""
+    if not request.config.stash.get(ZOO_NEEDED, False):
+        yield {}
+        return
+    import shlex
+    import signal
 
-    root = tmp_path_factory.mktemp(folder) / "artifacts"
-    with coverage_paused():
-        assert main(["export", *models, "--output-dir", str(root)]) == 0
-    return root
+    root = tmp_path_factory.mktemp("zoo_exports")
+    jobs = {fixture: root / folder for fixture, (folder, _) in ZOO_GROUPS.items()}
+    script = "; ".join(
+        f"{shlex.quote(sys.executable)} -m batchforge export {' '.join(models)} --output-dir "
+        f"{shlex.quote(str(root / folder / 'artifacts'))} > {shlex.quote(str(root / folder))}.log 2>&1; "
+        f"echo $? > {shlex.quote(str(root / folder))}.rc"
+        for folder, models in ZOO_GROUPS.values())
+    process = subprocess.Popen(["bash", "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    try:
+        yield jobs
+    finally:
+        if process.poll() is None:  # a session that ended early: stop the exports still running
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _export_zoo(jobs, fixture: str) -> Path:
+    """Waits for the background export of ``fixture``'s group; its log on failure."""
+    import time
+
+    folder = jobs[fixture]
+    rc = folder.parent / f"{folder.name}.rc"
+    while not rc.is_file() or not rc.read_text().strip():
+        time.sleep(0.5)
+    log = (folder.parent / f"{folder.name}.log").read_text()
+    assert rc.read_text().strip() == "0", f"background export of {folder.name} failed:\n{log[-3000:]}"
+    return folder / "artifacts"
 
 
 @pytest.fixture(scope="session")
-def resnet_artifacts(tmp_path_factory):
+def resnet_artifacts(zoo_exports):
     """reid_resnet50 from the zoo, exported once for the slow parity tests."""
-    return _export_zoo(tmp_path_factory, "zoo", "reid_resnet50")
+    return _export_zoo(zoo_exports, "resnet_artifacts")
 
 
 @pytest.fixture(scope="session")
@@ -108,18 +157,18 @@ def resnet_calibrated(resnet_artifacts, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def detection_artifacts(tmp_path_factory):
+def detection_artifacts(zoo_exports):
     """The detector and facepose zoo models, exported once (shared by export and parity tests)."""
-    return _export_zoo(tmp_path_factory, "detection", "detector", "facepose")
+    return _export_zoo(zoo_exports, "detection_artifacts")
 
 
 @pytest.fixture(scope="session")
-def anomaly_artifacts(tmp_path_factory):
+def anomaly_artifacts(zoo_exports):
     """The anomaly zoo model, exported once."""
-    return _export_zoo(tmp_path_factory, "anomaly", "anomaly")
+    return _export_zoo(zoo_exports, "anomaly_artifacts")
 
 
 @pytest.fixture(scope="session")
-def dense_artifacts(tmp_path_factory):
+def dense_artifacts(zoo_exports):
     """keypoints and ptycho exported once."""
-    return _export_zoo(tmp_path_factory, "dense", "keypoints", "ptycho")
+    return _export_zoo(zoo_exports, "dense_artifacts")

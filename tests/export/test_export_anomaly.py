@@ -4,16 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from batchforge.export.registry import get_model
+from batchforge.export.reference import load_reference
 from batchforge.export.samples import SEED_EVAL, generate
 from batchforge.export.samples.anomaly import LARGE_SIZE, labelled_set
 from batchforge.export.zoo.anomaly import auroc, image_auroc
+from batchforge.runtime.artifacts import ModelArtifacts
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(anomaly_artifacts):
+    """Fitted on good images: the exported reference weights (the fit ran in the export fixture)."""
     torch.set_num_threads(2)
-    return get_model("anomaly").build()  # fitted on good images (cached for the whole process)
+    return load_reference(ModelArtifacts.at(anomaly_artifacts, "anomaly"))
 
 
 def test_auroc_formula():
