@@ -44,6 +44,13 @@ def reinit_zero_weights(module: nn.Module, seed: int, std: float = 0.01) -> list
 def recalibrate_batchnorm(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Recomputes BatchNorm running statistics as the exact average over ``batches``.
 
+    Only the BatchNorm layers run in training mode: dropout and stochastic depth stay off, so the
+    statistics are those of the eval-mode forward they will normalise, and they do not depend on
+    the global RNG. (With the whole module in training mode, EfficientNet-B3's stochastic depth
+    dropped random blocks while the statistics were gathered: its exported weights changed with
+    whatever had drawn from the RNG earlier in the process, e.g. the export checks of the models
+    before it.)
+
     Returns:
         The number of BatchNorm layers recalibrated (the module is left in eval mode).
     """
@@ -52,7 +59,9 @@ def recalibrate_batchnorm(module: nn.Module, batches: Iterable[torch.Tensor]) ->
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: exact mean over all batches
-    module.train()
+    module.eval()
+    for m in norms:
+        m.train()
     try:
         for batch in batches:
             module(batch)
