@@ -107,6 +107,7 @@ def zoo_exports(request, tmp_path_factory):
         for folder, models in ZOO_GROUPS.values())
     process = subprocess.Popen(["bash", "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
                                cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    jobs["process"] = process
     try:
         yield jobs
     finally:
@@ -122,6 +123,8 @@ def _export_zoo(jobs, fixture: str) -> Path:
     folder = jobs[fixture]
     rc = folder.parent / f"{folder.name}.rc"
     while not rc.is_file() or not rc.read_text().strip():
+        # a background process that died without writing the status would otherwise hang the session
+        assert jobs["process"].poll() is None or rc.is_file(), f"background export of {folder.name} died"
         time.sleep(0.5)
     log = (folder.parent / f"{folder.name}.log").read_text()
     assert rc.read_text().strip() == "0", f"background export of {folder.name} failed:\n{log[-3000:]}"
