@@ -151,10 +151,15 @@ class Pipeline(abc.ABC):
         yield from self._flush(pending)
 
     def _safe_prepare(self, source: str) -> Result | Prepared:
+        """One input read and prepared; any failure of that input (a decoder's own errors
+        included) becomes its error record, so one bad file never costs the others."""
         try:
             return self.prepare(self.load(source), source)
-        except InputValidationError as exc:
+        except BatchforgeError as exc:
             return ErrorRecord(source, type(exc).__name__, exc.one_line())
+        except Exception as exc:  # cv2.error, numpy, zipfile, MemoryError...: this input only
+            detail = (str(exc).strip().splitlines() or [""])[-1].strip()[:300]
+            return ErrorRecord(source, type(exc).__name__, f"{source}: could not be read: {detail}")
 
     def _flush(self, pending: list[Result | Prepared]) -> Iterator[Result]:
         prepared = [p for p in pending if isinstance(p, Prepared)]
