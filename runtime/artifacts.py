@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from batchforge.errors import ArtifactError, ConfigError, IntegrityError
+from batchforge.onnx_external import checked_external_files, location_problem
 from batchforge.runtime.spec import ModelSpec
+from batchforge.safe_paths import check_name
 
 DEFAULT_OUTPUT_DIR = "artifacts"
 
@@ -115,10 +117,11 @@ def read_json(path: str | os.PathLike[str], *, what: str, hint: str | None = Non
 
 
 def file_record(path: Path, model_dir: Path) -> dict[str, Any]:
-    """The sidecar entry for an ONNX file: its name, sha256 and external data files."""
-    data_files = sorted(
-        p.name for p in model_dir.glob(path.name + ".data*") if p.is_file()
-    )
+    """The sidecar entry for an ONNX file: its name, sha256 and the sha256 of every external data
+    file it references, whatever its name (each location checked first)."""
+    if Path(path).parent.resolve() != Path(model_dir).resolve():
+        raise ArtifactError(f"{path} is not in its model folder {model_dir}")
+    data_files = checked_external_files(path)
     return {
         "file": path.name,
         "sha256": sha256_file(path),
@@ -132,6 +135,9 @@ class ModelArtifacts:
 
     root: Path
     model: str
+
+    def __post_init__(self) -> None:
+        check_name(self.model)  # the folder name under the output dir: never a path
 
     @classmethod
     def at(cls, output_dir: str | os.PathLike[str], model: str) -> ModelArtifacts:
@@ -192,8 +198,9 @@ class ModelArtifacts:
         """Returns the ONNX path for ``precision`` after its integrity checks.
 
         Checks: the file and sidecar exist; the sha256 of the ONNX and of each external data
-        file match the sidecar; external data files sit inside the model folder; an FP16/INT8
-        model was derived from the FP32 export that is there now.
+        file match the sidecar; every external data location the ONNX names is a file inside
+        the model folder (no absolute path, '..' or link) and is recorded; an FP16/INT8 model
+        was derived from the FP32 export that is there now.
         """
         precision = Precision(precision)
         path = self.onnx(precision)
@@ -224,12 +231,18 @@ class ModelArtifacts:
                 f"got {actual[:16]}...",
                 hint=f"the file changed after it was written; {hint}",
             )
-        for name, digest in (record.get("external_data") or {}).items():
-            data_path = (self.dir / name).resolve()
-            if data_path.parent != self.dir.resolve():
-                raise IntegrityError(
-                    f"external data {name!r} of {path.name} is outside the model folder {self.dir}"
-                )
+        recorded = record.get("external_data") or {}
+        unrecorded = sorted(set(checked_external_files(path)) - set(recorded))
+        if unrecorded:
+            raise IntegrityError(
+                f"{path.name} references external data {unrecorded} that its record does not hash",
+                hint=f"every external file must be recorded; {hint}",
+            )
+        for name, digest in recorded.items():
+            problem = location_problem(self.dir, str(name), must_exist=False)  # missing: below
+            if problem:
+                raise IntegrityError(f"external data {name!r} recorded for {path.name} {problem}", hint=hint)
+            data_path = self.dir / name
             if not data_path.is_file() or sha256_file(data_path) != digest:
                 raise IntegrityError(
                     f"external data {name!r} of {path.name} is missing or does not match its "

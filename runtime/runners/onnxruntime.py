@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from batchforge.errors import BackendUnavailableError, BatchforgeError
+from batchforge.errors import ArtifactError, BackendUnavailableError, BatchforgeError
+from batchforge.onnx_external import checked_external_files
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
 from batchforge.runtime.validation import IOMeta
@@ -129,7 +130,17 @@ class OnnxRuntimeRunner(Runner):
                 f"{ort.__version__} has {available}",
                 hint="install onnxruntime-gpu (`pip install 'batchforge[gpu]'`) on a CUDA machine",
             )
-        self.session = inference_session(ort, self.model, self.options)
+        if not isinstance(self.model, bytes):
+            checked_external_files(self.model)  # before ONNX Runtime opens any of them
+        try:
+            self.session = inference_session(ort, self.model, self.options)
+        except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+            what = "the model bytes" if isinstance(self.model, bytes) else self.model
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(
+                f"ONNX Runtime could not load {what} ({type(exc).__name__}): {first[:300]}",
+                hint="check the file with `batchforge inspect`, or re-create it with the command that made it",
+            ) from None
         self._outputs = tuple(o.name for o in self.session.get_outputs())
 
     @property
