@@ -135,15 +135,15 @@ def location_problem(model_dir: Path, location: str, *, must_exist: bool = True)
         return "is empty"
     if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() \
             or PureWindowsPath(location).drive:
-        return "is an absolute path"
+        return "is an absolute path (outside the model folder)"
     parts = PurePosixPath(location.replace("\\", "/")).parts
     if ".." in parts:
-        return "climbs out of the model folder ('..')"
+        return "climbs outside the model folder ('..')"
     current = model_dir
     for part in parts:
         current = current / part
         if current.is_symlink():
-            return f"passes through the link {current.name!r}"
+            return f"passes through the link {current.name!r} (a link may lead outside the model folder)"
     root = model_dir.resolve()
     if root not in current.resolve().parents:
         return "resolves outside the model folder"

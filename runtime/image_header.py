@@ -55,7 +55,7 @@ class _Reader:
 def _png(r: _Reader) -> ImageHeader:
     length, kind = struct.unpack(">I4s", r.at(8, 8))
     if kind != b"IHDR" or length < 13:
-        raise InputValidationError(f"{r.source}: PNG without an IHDR chunk first")
+        raise InputValidationError(f"{r.source}: truncated or malformed PNG: no IHDR chunk after the signature")
     width, height, depth = struct.unpack(">IIB", r.take(9))
     r.skip(length - 9 + 4)  # rest of IHDR + CRC
     frames = 1
