@@ -69,7 +69,7 @@ def point_external_data_at(artifacts: ModelArtifacts, location: str) -> None:
     model = tiny_embedder_onnx()
     path = artifacts.onnx(Precision.FP32)
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+              location="weights.bin", size_threshold=60)  # W only: ORT needs "axes" inline
     saved = onnx.load(str(path), load_external_data=False)
     for tensor in saved.graph.initializer:
         for entry in tensor.external_data:
