@@ -31,7 +31,6 @@ from batchforge.metrics import ParityRow, compare_arrays
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 from batchforge.runtime.spec import ProfileRange
-from batchforge.safe_paths import inside
 
 EXPORT_SCHEMA_VERSION = 1
 # FP32 ONNX vs PyTorch on the same CPU: measured max_rel <= 2e-6 and cosine >= 0.9999999 on the
@@ -70,7 +69,7 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
     spec = entry.spec if profile is None else replace(entry.spec, profile=profile)
     artifacts = ModelArtifacts.at(output_dir, spec.name)
     artifacts.root.mkdir(parents=True, exist_ok=True)
-    inside(artifacts.root, artifacts.dir, "model folder")  # a link there would lead elsewhere
+    artifacts.check_writable_dir()
     module = build_module(entry.factory, initialise=weights is None)
     if weights is not None:
         load_weights(module, weights)

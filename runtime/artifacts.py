@@ -30,7 +30,7 @@ from typing import Any
 from batchforge.errors import ArtifactError, ConfigError, IntegrityError
 from batchforge.onnx_external import checked_external_files, location_problem
 from batchforge.runtime.spec import ModelSpec
-from batchforge.safe_paths import check_name
+from batchforge.safe_paths import check_name, inside
 
 DEFAULT_OUTPUT_DIR = "artifacts"
 
@@ -146,6 +146,11 @@ class ModelArtifacts:
     @property
     def dir(self) -> Path:
         return self.root / self.model
+
+    def check_writable_dir(self) -> None:
+        """For commands that write into the model folder: it must resolve inside the output
+        folder (a link there could lead anywhere). Raises UsageError naming both."""
+        inside(self.root, self.dir, "into the model folder")
 
     def onnx(self, precision: Precision) -> Path:
         return self.dir / f"model.{Precision(precision).value}.onnx"

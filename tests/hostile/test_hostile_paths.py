@@ -66,3 +66,16 @@ def test_a_linked_model_folder_resolves_outside_and_is_refused(tmp_path):
         inside(out, out / "m", "model folder")
     assert "every file a command writes must sit inside its output folder" in info.value.one_line()
     assert inside(out, out / "x" / "y") == (out / "x" / "y").resolve()
+
+
+def test_build_into_a_model_folder_linked_elsewhere_is_refused(tmp_path, capsys):
+    elsewhere = tiny_artifacts(tmp_path / "elsewhere")
+    before = _files(elsewhere.dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tiny").symlink_to(elsewhere.dir, target_is_directory=True)
+    code = main(["build", "tiny", "--backend", "onnxruntime", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "refusing to write into the model folder" in err
+    assert f"outside the output folder {out.resolve()}" in err
+    assert _files(elsewhere.dir) == before  # no engine written through the link
