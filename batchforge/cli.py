@@ -41,7 +41,6 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
     return parse
 
 

@@ -160,7 +160,8 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     The errors are read after every parse, and any error fails it even when ``parse_from_file``
     returned True (as Polygraphy's loader does).
     """
-    checked_external_files(onnx_path)  # the parser reads external data wherever it points
+    if Path(onnx_path).is_file():  # the parser reads external data wherever it points
+        checked_external_files(onnx_path)
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse_from_file(str(onnx_path))
     if parsed and parser.num_errors == 0:

@@ -14,7 +14,7 @@ from batchforge.errors import ArtifactError, IntegrityError, UsageError
 from batchforge.runtime.artifacts import atomic_path, sha256_file
 
 # safetensors refuses headers above 100 MB itself, after reading them; checked here before
-SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+SAFETENSORS_MAX_HEADER = 100_000_000
 SAFETENSORS_HINT = "re-save it with safetensors.torch.save_file(model.state_dict(), path)"
 
 

@@ -74,7 +74,7 @@ def _png(r: _Reader) -> ImageHeader:
 
 
 def _jpeg(r: _Reader) -> ImageHeader:
-    r.at(2, 0)
+    r.fh.seek(2)
     while True:
         byte = r.take(1)
         if byte != b"\xff":
@@ -142,6 +142,18 @@ def _tiff(r: _Reader, head: bytes) -> ImageHeader:
     return ImageHeader("TIFF", first[256], first[257], first.get(258, 1), pages)
 
 
+def _webp_frames(r: _Reader) -> int:
+    """ANMF chunks of an animated WebP, counted from the chunk headers (payloads skipped)."""
+    frames, offset = 0, 30  # after RIFF, WEBP and the 18-byte VP8X chunk
+    while True:
+        r.fh.seek(offset)
+        head = r.fh.read(8)
+        if len(head) < 8:
+            return max(frames, 1)
+        frames += head[:4] == b"ANMF"
+        offset += 8 + int.from_bytes(head[4:8], "little") + (int.from_bytes(head[4:8], "little") & 1)
+
+
 def _webp(r: _Reader) -> ImageHeader:
     kind = r.at(12, 4)
     r.skip(4)  # chunk size
@@ -159,10 +171,9 @@ def _webp(r: _Reader) -> ImageHeader:
         return ImageHeader("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 8)
     if kind == b"VP8X":
         data = r.take(10)
-        animated = bool(data[0] & 0x02)
         width = int.from_bytes(data[4:7], "little") + 1
         height = int.from_bytes(data[7:10], "little") + 1
-        return ImageHeader("WebP", width, height, 8, frames=2 if animated else 1)
+        return ImageHeader("WebP", width, height, 8, frames=_webp_frames(r) if data[0] & 0x02 else 1)
     raise InputValidationError(f"{r.source}: WebP with an unknown first chunk {kind!r}")
 
 

@@ -118,3 +118,23 @@ def test_a_20000_squared_png_is_refused_from_its_header_in_under_100_mb(tmp_path
     assert "20000x20000 = 400,000,000 pixels, above the limit of 40,000,000" in message
     assert int(peak_kib) < 100 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"
     print(f"peak RSS refusing the 20000x20000 PNG: {int(peak_kib) / 1024:.1f} MiB")
+
+
+def _riff_chunk(kind: bytes, data: bytes) -> bytes:
+    return kind + len(data).to_bytes(4, "little") + data + b"\x00" * (len(data) & 1)
+
+
+def test_frame_counts_are_read_from_the_headers(tmp_path):
+    pages = [np.full((9, 7), v, np.uint8) for v in (10, 20, 30)]
+    assert cv2.imwritemulti(str(tmp_path / "p.tiff"), pages)
+    with open(tmp_path / "p.tiff", "rb") as fh:
+        tiff = read_header(fh, "p.tiff")
+    assert (tiff.width, tiff.height, tiff.bit_depth, tiff.frames) == (7, 9, 8, 3)
+    data = cv2.imencode(".png", pages[0])[1].tobytes()
+    actl = b"\x00\x00\x00\x08acTL" + (4).to_bytes(4, "big") + bytes(4) + b"\x00\x00\x00\x00"
+    apng = data[:33] + actl + data[33:]  # after the signature and IHDR
+    assert read_header(io.BytesIO(apng), "a.png").frames == 4
+    vp8x = _riff_chunk(b"VP8X", bytes([0x02, 0, 0, 0]) + (99).to_bytes(3, "little") + (49).to_bytes(3, "little"))
+    body = b"WEBP" + vp8x + _riff_chunk(b"ANIM", bytes(6)) + _riff_chunk(b"ANMF", bytes(17)) * 2
+    webp = read_header(io.BytesIO(b"RIFF" + len(body).to_bytes(4, "little") + body), "a.webp")
+    assert (webp.width, webp.height, webp.frames) == (100, 50, 2)
