@@ -160,3 +160,31 @@ def test_a_recorded_name_that_leaves_the_folder_is_refused_before_hashing(tmp_pa
     write_json_atomic(artifacts.export_record_path, record)
     with pytest.raises(IntegrityError, match=r"passes through the link 'w\.bin'"):
         artifacts.verified_onnx(FP32)
+
+
+def test_parity_on_a_hostile_location_could_not_run_exit_2_not_a_drift_failure(user_tiny_artifacts, tmp_path,
+                                                                              capsys, outside):
+    import shutil
+
+    from batchforge.runtime.artifacts import ModelArtifacts
+
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    artifacts = ModelArtifacts.at(root, name)
+    path = artifacts.onnx(FP32)
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=1024)
+    hostile = onnx.load(str(path), load_external_data=False)
+    for tensor in external_data_helper._get_all_tensors(hostile):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../secret.bin"
+    onnx.save(hostile, str(path))
+    rerecord(artifacts)
+    code = main(["parity", name, "--eval-size", "2", "--output-dir", str(root)])
+    captured = capsys.readouterr()
+    assert code == 2, captured.out + captured.err
+    assert "climbs outside the model folder ('..')" in captured.out + captured.err
+    assert "Traceback" not in captured.err
