@@ -104,6 +104,17 @@ def _walk(buf: memoryview, start: int, end: int, kind: str, depth: int) -> Itera
             yield from _walk(buf, s, e, child, depth + 1)
 
 
+def _locations(data: bytes | mmap.mmap, what: str) -> list[tuple[str, str]]:
+    view = memoryview(data)
+    try:
+        return list(_walk(view, 0, len(view), "model", 0))
+    except _Malformed as exc:
+        raise ArtifactError(f"{what} is not an ONNX model (its protobuf does not parse: {exc})",
+                            hint="re-create it with the command that made it") from None
+    finally:
+        view.release()
+
+
 def external_locations(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(tensor name, location) of every tensor of an ONNX file that keeps its data outside it.
 
@@ -117,16 +128,21 @@ def external_locations(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
                 raise ArtifactError(f"{path} is empty (0 bytes), not an ONNX model",
                                     hint="re-create it with the command that made it")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    return list(_walk(view, 0, len(view), "model", 0))
-                except _Malformed as exc:
-                    raise ArtifactError(f"{path} is not an ONNX model (its protobuf does not parse: {exc})",
-                                        hint="re-create it with the command that made it") from None
-                finally:
-                    view.release()
+                return _locations(mapped, str(path))
     except OSError as exc:
         raise ArtifactError(f"cannot read ONNX file {path}: {exc.strerror}") from None
+
+
+def check_no_external_data(model: bytes) -> None:
+    """A model given as bytes has no folder, so ONNX Runtime would resolve its external data
+    against the working directory: refused (ArtifactError naming the tensor)."""
+    found = _locations(model, "the model bytes")
+    if found:
+        tensor, location = found[0]
+        raise ArtifactError(
+            f"the model bytes keep tensor {tensor!r} at external location {location!r}; a model "
+            "given as bytes has no folder to resolve it against, refusing to load it",
+            hint="pass the .onnx path instead, with its data files beside it")
 
 
 def location_problem(model_dir: Path, location: str, *, must_exist: bool = True) -> str | None:

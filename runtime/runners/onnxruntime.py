@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import ArtifactError, BackendUnavailableError, BatchforgeError
-from batchforge.onnx_external import checked_external_files
+from batchforge.onnx_external import check_no_external_data, checked_external_files
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
 from batchforge.runtime.validation import IOMeta
@@ -130,8 +130,10 @@ class OnnxRuntimeRunner(Runner):
                 f"{ort.__version__} has {available}",
                 hint="install onnxruntime-gpu (`pip install 'batchforge[gpu]'`) on a CUDA machine",
             )
-        if not isinstance(self.model, bytes):
-            checked_external_files(self.model)  # before ONNX Runtime opens any of them
+        if isinstance(self.model, bytes):  # before ONNX Runtime opens anything
+            check_no_external_data(self.model)
+        else:
+            checked_external_files(self.model)
         try:
             self.session = inference_session(ort, self.model, self.options)
         except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)

@@ -188,3 +188,13 @@ def test_parity_on_a_hostile_location_could_not_run_exit_2_not_a_drift_failure(u
     assert code == 2, captured.out + captured.err
     assert "climbs outside the model folder ('..')" in captured.out + captured.err
     assert "Traceback" not in captured.err
+
+
+def test_model_bytes_with_external_data_are_refused(tmp_path, outside):
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    point_external_data_at(artifacts, str(outside))
+    with pytest.raises(ArtifactError, match="has no folder to resolve it against"), \
+            OnnxRuntimeRunner(artifacts.onnx(FP32).read_bytes()):
+        pass
+    with OnnxRuntimeRunner(tiny_embedder_onnx().SerializeToString()) as runner:  # inline: fine
+        assert runner.output_names == ("embedding",)
