@@ -79,17 +79,30 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def umask_file_mode() -> int:
+    """0666 less the process umask: the mode any new file of the user's gets."""
+    try:  # Linux >= 4.7 reports it without changing it (os.umask would, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
-    """A temp path in ``path``'s folder to write to; renamed onto ``path`` (mode 0644) when the
-    block ends cleanly, removed otherwise, so ``path`` is complete or absent."""
+    """A temp path in ``path``'s folder to write to; renamed onto ``path`` (mode 0666 less the
+    umask) when the block ends cleanly, removed otherwise, so ``path`` is complete or absent."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -117,7 +117,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     labels = [Path(r.source).parent.name if args.label_from == "parent" else Path(r.source).stem
               for r in results]
     embeddings = np.stack([r.embedding for r in results])  # type: ignore[attr-defined]
-    Gallery.from_embeddings(embeddings, labels, args.model).save(args.output)
+    with terminate_as_interrupt():  # the atomic write removes its temp file on the way out
+        Gallery.from_embeddings(embeddings, labels, args.model).save(args.output)
     print(f"gallery of {len(labels)} embeddings ({embeddings.shape[1]}-d) from {args.model} -> {args.output}")
     return 0
 

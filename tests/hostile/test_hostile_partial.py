@@ -81,3 +81,14 @@ def test_results_get_the_permissions_the_umask_gives(tmp_path):
         os.umask(previous)
     assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o664
     assert (tmp_path / "b.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_atomic_writes_get_the_permissions_the_umask_gives(tmp_path):
+    from batchforge.runtime.artifacts import write_json_atomic
+
+    previous = os.umask(0o007)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o660
