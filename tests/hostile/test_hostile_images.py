@@ -71,8 +71,8 @@ def test_any_exception_while_preparing_an_input_is_its_record(tmp_path, monkeypa
     monkeypatch.setattr(Pipeline, "load", load)
     code, records = _run(tmp_path)
     assert code == 1 and [r["ok"] for r in records] == [False, True]
-    assert records[0]["error"] == {"type": "MemoryError",
-                                   "message": records[0]["source"] + ": could not be read: planted"}
+    assert records[0]["error"] == {"type": "InputValidationError",
+                                   "message": records[0]["source"] + ": could not be read (MemoryError): planted"}
 
 
 @pytest.mark.parametrize(("suffix", "params", "fmt"), [
