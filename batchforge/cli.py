@@ -27,6 +27,27 @@ EPILOG = """examples:
 exit codes: 0 ok, 1 a check failed / some inputs failed, 2 could not run"""
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (bad values exit 2 naming the option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+POSITIVE = int_at_least(1)
+NON_NEGATIVE = int_at_least(0)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="artifacts", metavar="DIR",
                    help="artifacts root: one folder per model (default: artifacts)")
@@ -36,7 +57,7 @@ def _add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--backend", default=default,
                    help="auto (tensorrt > onnxruntime-cuda > onnxruntime-cpu), tensorrt, onnxruntime, "
                         f"onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt (default: {default})")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, metavar="N",
                    help="ONNX Runtime intra-op threads (default: 0 = all cores)")
 
 
@@ -49,7 +70,7 @@ def _add_calibration_data(p: argparse.ArgumentParser) -> None:
                         "(recorded and reported as synthetic)")
     p.add_argument("--allow-random-data", action="store_true",
                    help="accept inputs that look like white noise (only to test what that does)")
-    p.add_argument("--samples", type=int, default=32, help="calibration items (default: 32)")
+    p.add_argument("--samples", type=POSITIVE, default=32, help="calibration items (default: 32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factory", metavar="MODULE:FUNCTION",
                    help="a user model: a factory returning a torch.nn.Module (needs --spec)")
     p.add_argument("--spec", metavar="FILE", help="the user model's spec (JSON, see README)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
-    p.add_argument("--trace-batch", type=int, default=2, help="batch used to trace (>= 2; default: 2)")
-    p.add_argument("--max-batch", type=int, help="override the profile's max batch")
+    p.add_argument("--opset", type=POSITIVE, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--trace-batch", type=int_at_least(2), default=2, help="batch used to trace (>= 2; default: 2)")
+    p.add_argument("--max-batch", type=POSITIVE, help="override the profile's max batch")
     p.add_argument("--no-fallback", action="store_true",
                    help="fail instead of falling back to the TorchScript exporter")
     _add_common(p)
@@ -112,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against FP32 on the calibration items reaches this (default: 0.995)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE",
                    help="keep this node in FP32 in addition to the measured ones (repeatable)")
-    p.add_argument("--max-excluded", type=int, default=None, metavar="N",
+    p.add_argument("--max-excluded", type=NON_NEGATIVE, default=None, metavar="N",
                    help="at most N nodes kept in FP32 by the sensitivity pass (default: family's)")
     _add_common(p)
     p.set_defaults(handler="batchforge.calibration.commands:cmd_calibrate")
@@ -121,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build a strongly typed TensorRT engine (or the ONNX Runtime "
                                    "equivalent) from the fp32/fp16/int8 ONNX, with a manifest.")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
-    p.add_argument("--min-batch", type=int, help="override the profile's min batch")
-    p.add_argument("--opt-batch", type=int, help="override the profile's opt batch")
-    p.add_argument("--max-batch", type=int, help="override the profile's max batch")
-    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (MiB)")
+    p.add_argument("--min-batch", type=POSITIVE, help="override the profile's min batch")
+    p.add_argument("--opt-batch", type=POSITIVE, help="override the profile's opt batch")
+    p.add_argument("--max-batch", type=POSITIVE, help="override the profile's max batch")
+    p.add_argument("--workspace-mib", type=POSITIVE, default=4096, help="TensorRT workspace limit (MiB)")
     p.add_argument("--opt-level", type=int, default=3, choices=range(0, 6), metavar="0-5",
                    help="TensorRT builder optimisation level (default: 3)")
     p.add_argument("--timing-cache", metavar="FILE",
@@ -146,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, int8 (default: fp32)")
     p.add_argument("--report", metavar="FILE.json",
                    help="write the JSON report here and a Markdown table beside it (FILE.md)")
-    p.add_argument("--eval-size", type=int, metavar="N",
+    p.add_argument("--eval-size", type=POSITIVE, metavar="N",
                    help="evaluation set size: reid queries (gallery ~3x; default 32 + 100), detector 16, "
                         "keypoints/anomaly 32 images (smaller for smoke tests, larger for more coverage)")
     p.add_argument("--data", metavar="DIR|FILE.npz",
@@ -167,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--input", required=True, metavar="DIR|GLOB")
     p.add_argument("--output", required=True, metavar="FILE.jsonl")
-    p.add_argument("--batch-size", type=int, metavar="N", help="items per batch (default: profile opt)")
-    p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default: fp32)")
+    p.add_argument("--batch-size", type=POSITIVE, metavar="N", help="items per batch (default: profile opt)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, fp16 or int8 (default: fp32)")
     p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
     p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")
     p.add_argument("--infer-config", metavar="FILE",
                    help="anomaly: an infer_config.json (defects, tiling, image threshold); check it "
                         "first with `batchforge validate-config FILE`")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
+    p.add_argument("--max-pixels", type=POSITIVE, default=40_000_000,
                    help="refuse larger images (default: 40000000)")
     _add_backend(p)
     _add_common(p)
@@ -186,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DIR|GLOB")
     p.add_argument("--output", required=True, metavar="FILE.npz")
     p.add_argument("--label-from", choices=("stem", "parent"), default="stem")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     _add_backend(p)
     _add_common(p)
     p.set_defaults(handler="batchforge.runtime.commands:cmd_gallery")
@@ -196,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "batchforge runner and PyTorch eager, same threads and inputs.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--batch-sizes", default="1,8", help="comma list (default: 1,8)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per point, median reported")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--repeats", type=POSITIVE, default=5, help="timed runs per point, median reported")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a throughput plot (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager column")
@@ -233,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "diffraction patterns (.npy). Same seed, same files.")
     p.add_argument("family", metavar="FAMILY",
                    help=f"one of: {known_families()}")
-    p.add_argument("--count", type=int, default=16, help="how many inputs (default: 16)")
+    p.add_argument("--count", type=POSITIVE, default=16, help="how many inputs (default: 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--seed", type=int, default=1000,
                    help="1000 = run samples (default), 4000 = the calibration seed the main job uses; "
@@ -282,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `batchforge inspect ... | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
         return 0
+    except OSError as exc:  # a file that cannot be read or written, a full disk
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc} "
+              "(check the path, its permissions and the free space)", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace, precision: Precision,
     for name in _model_names(args):
         start = time.perf_counter()
         artifacts = ModelArtifacts.at(args.output_dir, name)
+        artifacts.check_writable_dir()
         fp32 = artifacts.verified_onnx(Precision.FP32)
         pipeline = load_pipeline(name, output_dir=args.output_dir, backend="onnxruntime-cpu")
         data = load_calibration_data(pipeline, _data_path(args, name, pipeline.spec.family),

@@ -53,6 +53,7 @@ def cmd_build(args: argparse.Namespace) -> int:
               "artifact keeps the spec's profile", file=sys.stderr)
     for name in names:
         artifacts = ModelArtifacts.at(args.output_dir, name)
+        artifacts.check_writable_dir()
         if backend is Backend.TENSORRT:
             _build_tensorrt(args, artifacts, precision)
         else:

@@ -28,6 +28,7 @@ from typing import Any
 from batchforge.engines.profiles import input_profiles
 from batchforge.engines.records import calibration_sha256, tolerances_for, write_bytes_atomic
 from batchforge.errors import BuildError, ConfigError
+from batchforge.onnx_external import checked_external_files
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
 from batchforge.runtime.manifest import EngineManifest, InputProfile, version_tuple, write_manifest
 from batchforge.runtime.runners.cuda_util import installed_cuda_majors
@@ -159,6 +160,8 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
     The errors are read after every parse, and any error fails it even when ``parse_from_file``
     returned True (as Polygraphy's loader does).
     """
+    if Path(onnx_path).is_file():  # the parser reads external data wherever it points
+        checked_external_files(onnx_path)
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse_from_file(str(onnx_path))
     if parsed and parser.num_errors == 0:

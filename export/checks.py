@@ -90,7 +90,10 @@ def lint_batch_specialisation(model: onnx.ModelProto, trace_batch: int) -> list[
     Looks at the shape/repeats input of Reshape, Expand, Tile and ConstantOfShape when it is a
     constant whose first element equals ``trace_batch``.
     """
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # shape constants are a few int64s, stored inline; external tensors are weights and are not
+    # read here (to_array would resolve them against the working directory)
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                 if t.data_location != onnx.TensorProto.EXTERNAL}
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:

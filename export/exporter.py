@@ -69,6 +69,7 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
     spec = entry.spec if profile is None else replace(entry.spec, profile=profile)
     artifacts = ModelArtifacts.at(output_dir, spec.name)
     artifacts.root.mkdir(parents=True, exist_ok=True)
+    artifacts.check_writable_dir()
     module = build_module(entry.factory, initialise=weights is None)
     if weights is not None:
         load_weights(module, weights)

@@ -12,13 +12,20 @@ import onnx
 
 from batchforge.errors import ArtifactError, BatchforgeError
 from batchforge.export import checks
+from batchforge.onnx_external import checked_external_files
 from batchforge.runtime.artifacts import SIDECAR_NAMES, ModelArtifacts, Precision, read_json
 
 
 def describe_onnx(path: Path, trace_batch: int = 2) -> dict[str, Any]:
     """I/O with dynamic dims, opsets, op counts, external data and lint findings."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        external = checked_external_files(path)
+        external_error = None
+    except ArtifactError as exc:
+        external, external_error = None, exc.message
+    try:
+        # external data is read (relative to the model's folder) only after its locations passed
+        model = onnx.load(str(path), load_external_data=external is not None)
     except Exception as exc:  # protobuf raises several types for a non-ONNX file
         raise ArtifactError(f"{path} is not a readable ONNX model: {exc}") from None
 
@@ -39,10 +46,10 @@ def describe_onnx(path: Path, trace_batch: int = 2) -> dict[str, Any]:
         "nodes": len(model.graph.node),
         "ops": dict(collections.Counter(n.op_type for n in model.graph.node).most_common(12)),
     }
-    try:
-        info["external_data"] = checks.check_external_data(model, path.parent)
-    except BatchforgeError as exc:
-        info["external_data_error"] = exc.message
+    if external_error is None:
+        info["external_data"] = external
+    else:
+        info["external_data_error"] = external_error
     try:
         checks.check_symbolic_batch(model)
         info["symbolic_batch"] = "ok"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +12,46 @@ import torch
 
 from batchforge.errors import ArtifactError, IntegrityError, UsageError
 from batchforge.runtime.artifacts import atomic_path, sha256_file
+
+# safetensors refuses headers above 100 MB itself, after reading them; checked here before
+SAFETENSORS_MAX_HEADER = 100_000_000
+SAFETENSORS_HINT = "re-save it with safetensors.torch.save_file(model.state_dict(), path)"
+
+
+def check_safetensors(path: Path) -> None:
+    """The header of a .safetensors file checked against the file's size before anything reads
+    it whole: an 8-byte length within the file and the limit, a JSON object whose tensors'
+    data offsets lie inside the data section.
+
+    Raises:
+        UsageError naming the file and what is wrong.
+    """
+    size = path.stat().st_size
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{path} is not a valid safetensors file: {what}", hint=SAFETENSORS_HINT)
+
+    if size < 8:
+        raise bad(f"expected at least an 8-byte header length, got a {size}-byte file")
+    with open(path, "rb") as fh:
+        length = struct.unpack("<Q", fh.read(8))[0]
+        if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise bad(f"the header claims {length:,} bytes but the file holds {size - 8:,} after the "
+                      f"length (limit {SAFETENSORS_MAX_HEADER:,})")
+        try:
+            header = json.loads(fh.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"the header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad(f"the header is not a JSON object, got {type(header).__name__}")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise bad(f"tensor {name!r} has data offsets {offsets!r} outside the {data_size:,}-byte data section")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -21,9 +63,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UsageError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        check_safetensors(path)
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+            raise UsageError(f"{path} is not a readable safetensors file: {exc}", hint=SAFETENSORS_HINT) from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code: say so plainly

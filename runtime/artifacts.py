@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from batchforge.errors import ArtifactError, ConfigError, IntegrityError
+from batchforge.onnx_external import checked_external_files, location_problem
 from batchforge.runtime.spec import ModelSpec
+from batchforge.safe_paths import check_name, inside
 
 DEFAULT_OUTPUT_DIR = "artifacts"
 
@@ -77,17 +79,30 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def umask_file_mode() -> int:
+    """0666 less the process umask: the mode any new file of the user's gets."""
+    try:  # Linux >= 4.7 reports it without changing it (os.umask would, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
-    """A temp path in ``path``'s folder to write to; renamed onto ``path`` (mode 0644) when the
-    block ends cleanly, removed otherwise, so ``path`` is complete or absent."""
+    """A temp path in ``path``'s folder to write to; renamed onto ``path`` (mode 0666 less the
+    umask) when the block ends cleanly, removed otherwise, so ``path`` is complete or absent."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -115,10 +130,11 @@ def read_json(path: str | os.PathLike[str], *, what: str, hint: str | None = Non
 
 
 def file_record(path: Path, model_dir: Path) -> dict[str, Any]:
-    """The sidecar entry for an ONNX file: its name, sha256 and external data files."""
-    data_files = sorted(
-        p.name for p in model_dir.glob(path.name + ".data*") if p.is_file()
-    )
+    """The sidecar entry for an ONNX file: its name, sha256 and the sha256 of every external data
+    file it references, whatever its name (each location checked first)."""
+    if Path(path).parent.resolve() != Path(model_dir).resolve():
+        raise ArtifactError(f"{path} is not in its model folder {model_dir}")
+    data_files = checked_external_files(path)
     return {
         "file": path.name,
         "sha256": sha256_file(path),
@@ -133,6 +149,9 @@ class ModelArtifacts:
     root: Path
     model: str
 
+    def __post_init__(self) -> None:
+        check_name(self.model)  # the folder name under the output dir: never a path
+
     @classmethod
     def at(cls, output_dir: str | os.PathLike[str], model: str) -> ModelArtifacts:
         return cls(Path(output_dir), model)
@@ -140,6 +159,11 @@ class ModelArtifacts:
     @property
     def dir(self) -> Path:
         return self.root / self.model
+
+    def check_writable_dir(self) -> None:
+        """For commands that write into the model folder: it must resolve inside the output
+        folder (a link there could lead anywhere). Raises UsageError naming both."""
+        inside(self.root, self.dir, "into the model folder")
 
     def onnx(self, precision: Precision) -> Path:
         return self.dir / f"model.{Precision(precision).value}.onnx"
@@ -192,8 +216,9 @@ class ModelArtifacts:
         """Returns the ONNX path for ``precision`` after its integrity checks.
 
         Checks: the file and sidecar exist; the sha256 of the ONNX and of each external data
-        file match the sidecar; external data files sit inside the model folder; an FP16/INT8
-        model was derived from the FP32 export that is there now.
+        file match the sidecar; every external data location the ONNX names is a file inside
+        the model folder (no absolute path, '..' or link) and is recorded; an FP16/INT8 model
+        was derived from the FP32 export that is there now.
         """
         precision = Precision(precision)
         path = self.onnx(precision)
@@ -224,12 +249,18 @@ class ModelArtifacts:
                 f"got {actual[:16]}...",
                 hint=f"the file changed after it was written; {hint}",
             )
-        for name, digest in (record.get("external_data") or {}).items():
-            data_path = (self.dir / name).resolve()
-            if data_path.parent != self.dir.resolve():
-                raise IntegrityError(
-                    f"external data {name!r} of {path.name} is outside the model folder {self.dir}"
-                )
+        recorded = record.get("external_data") or {}
+        unrecorded = sorted(set(checked_external_files(path)) - set(recorded))
+        if unrecorded:
+            raise IntegrityError(
+                f"{path.name} references external data {unrecorded} that its record does not hash",
+                hint=f"every external file must be recorded; {hint}",
+            )
+        for name, digest in recorded.items():
+            problem = location_problem(self.dir, str(name), must_exist=False)  # missing: below
+            if problem:
+                raise IntegrityError(f"external data {name!r} recorded for {path.name} {problem}", hint=hint)
+            data_path = self.dir / name
             if not data_path.is_file() or sha256_file(data_path) != digest:
                 raise IntegrityError(
                     f"external data {name!r} of {path.name} is missing or does not match its "

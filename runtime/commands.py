@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from batchforge.progress import progress
 from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import list_images
-from batchforge.runtime.jsonl import JsonlWriter
+from batchforge.runtime.jsonl import JsonlWriter, check_output_file
 from batchforge.runtime.loading import load_pipeline
 from batchforge.runtime.results import ErrorRecord
 
@@ -41,7 +45,26 @@ def _sources(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     return sources
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, so a `kill` unwinds through the
+    writers' cleanup (no partial file) instead of ending the process where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_output_file(args.output)  # before any work: a bad path must not cost a whole run
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -63,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
     errors = 0
     start = time.perf_counter()
-    with pipeline, JsonlWriter(args.output) as writer:
+    with terminate_as_interrupt(), pipeline, JsonlWriter(args.output) as writer:
         for result in progress(pipeline.run_sources(sources, args.batch_size), desc=args.model,
                                total=len(sources)):
             writer.write(result)
@@ -77,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     backend = _announce_backend(args.backend)
     pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
                              backend=backend, threads=args.threads)
@@ -93,7 +117,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     labels = [Path(r.source).parent.name if args.label_from == "parent" else Path(r.source).stem
               for r in results]
     embeddings = np.stack([r.embedding for r in results])  # type: ignore[attr-defined]
-    Gallery.from_embeddings(embeddings, labels, args.model).save(args.output)
+    with terminate_as_interrupt():  # the atomic write removes its temp file on the way out
+        Gallery.from_embeddings(embeddings, labels, args.model).save(args.output)
     print(f"gallery of {len(labels)} embeddings ({embeddings.shape[1]}-d) from {args.model} -> {args.output}")
     return 0
 

@@ -7,18 +7,25 @@ Rules (applied to files and to arrays passed to a pipeline):
 - 16-bit (uint16): scaled to 8-bit by ``round(v / 257)`` (65535 -> 255 exactly);
 - any other dtype (float, int32, ...): refused, never cast silently;
 - zero-size, truncated or undecodable files: refused for that item only;
-- more than ``max_pixels`` pixels (default 40 megapixels): refused.
+- more than ``max_pixels`` pixels (default 40 megapixels): refused, for files from the header
+  (``image_header``) before anything is decoded;
+- formats whose header is not read (anything but PNG, JPEG, BMP, TIFF, WebP): refused;
+- several frames or pages (APNG, multi-page TIFF, animated WebP): the first one is used, as
+  OpenCV reads it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
 from batchforge.errors import InputValidationError
+from batchforge.runtime.image_header import read_header
 
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -82,15 +89,26 @@ def _looks_truncated(data: bytes) -> str | None:
     return None
 
 
+def check_header(fh: BinaryIO, *, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Reads the image header of ``fh`` and applies the size rules before anything is decoded."""
+    header = read_header(fh, source)
+    _check_pixels(header.height, header.width, max_pixels, source)
+
+
 def decode_image(data: bytes, *, source: str = "image",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decodes encoded image bytes to RGB uint8 (H, W, 3) with the module's rules."""
     if not data:
         raise InputValidationError(f"{source}: empty file (0 bytes)")
+    check_header(io.BytesIO(data), source=source, max_pixels=max_pixels)
     reason = _looks_truncated(data)
     if reason:
         raise InputValidationError(f"{source}: truncated image: {reason}")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        detail = (str(exc).strip().splitlines() or ["cv2.error"])[-1].strip()
+        raise InputValidationError(f"{source}: OpenCV could not decode it: {detail[:200]}") from None
     if decoded is None or decoded.size == 0:
         raise InputValidationError(
             f"{source}: not a decodable image (expected one of {', '.join(IMAGE_SUFFIXES)})"
@@ -100,10 +118,14 @@ def decode_image(data: bytes, *, source: str = "image",
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Reads and decodes an image file (see the module docstring for the rules)."""
+    """Reads and decodes an image file (see the module docstring for the rules); the header is
+    checked before the rest of the file is read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            check_header(fh, source=str(path), max_pixels=max_pixels)
+            fh.seek(0)
+            data = fh.read()
     except OSError as exc:
         raise InputValidationError(f"{path}: cannot read file: {exc.strerror}") from None
     return decode_image(data, source=str(path), max_pixels=max_pixels)

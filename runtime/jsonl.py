@@ -1,18 +1,65 @@
 """Streaming JSONL: one line per input, written as it goes, complete or absent.
 
-Lines go to a hidden temp file beside the target and are flushed one by one; the temp file is
-renamed onto the target when the writer closes cleanly and removed when it closes on an error.
+Lines go to a hidden file beside the target (``.NAME.PID.partial``) and are flushed one by one;
+it is renamed onto the target when the writer closes cleanly and removed when it closes on an
+error or an interrupt. Partial files of the same target left by a process that no longer runs
+(killed with SIGKILL, a power cut) are removed when the next writer starts. The file is
+created with mode 0666 less the umask, like any file the user writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from batchforge.errors import UsageError
 from batchforge.runtime.results import Result, jsonable
+
+
+def check_output_file(path: str | os.PathLike[str], option: str = "--output") -> Path:
+    """Checks, before any work, that ``path`` can be written as a file (its folder may be made).
+
+    Raises:
+        UsageError naming the option, the path and what is wrong with it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; expected a file path",
+                         hint=f"name a file, e.g. {path / 'results.jsonl'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} exists and is not writable", hint="choose another path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: {folder} is a file, so no folder can be made there",
+                         hint="choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable", hint="choose another path")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Removes ``.NAME.PID.partial`` files of ``path`` whose process no longer runs."""
+    removed = []
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name[len(path.name) + 2:-len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
 
 
 class JsonlWriter:
@@ -26,8 +73,10 @@ class JsonlWriter:
 
     def __enter__(self) -> JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
-        self._tmp = Path(tmp)
+        remove_stale_partials(self.path)
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides
+        self._tmp = tmp
         self._fh = os.fdopen(fd, "w", encoding="utf-8")
         return self
 
@@ -40,8 +89,9 @@ class JsonlWriter:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         assert self._tmp is not None
-        self._fh.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
+        try:
+            self._fh.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
             self._tmp.unlink(missing_ok=True)

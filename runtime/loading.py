@@ -22,12 +22,14 @@ from batchforge.runtime.runners.onnxruntime import (
     provider_chain,
 )
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec, parse_options
+from batchforge.safe_paths import check_name
 
 ENSEMBLE_FILE = "ensemble.json"
 
 
 def ensemble_spec(output_dir: str | os.PathLike[str], name: str) -> EnsembleSpec | None:
     """The ensemble recorded under ``<output_dir>/<name>/ensemble.json``, or None."""
+    check_name(name)
     path = Path(output_dir) / name / ENSEMBLE_FILE
     if not path.is_file():
         return None

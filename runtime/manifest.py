@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,12 +389,17 @@ def select_ort_engine(
     if not manifest_path.is_file():
         return None
     manifest = read_ort_manifest(manifest_path)
-    fits = (manifest.onnxruntime_version, tuple(manifest.providers), manifest.graph_optimization,
-            manifest.precision)
-    if fits != (onnxruntime_version, tuple(providers), graph_optimization, precision.value):
-        return None
     hint = (f"rebuild with `batchforge build {artifacts.model} --precision {precision.value} "
             "--backend onnxruntime` (or delete " + manifest_path.name + ")")
+    built_for = {"onnxruntime": manifest.onnxruntime_version, "providers": list(manifest.providers),
+                 "graph optimisation": manifest.graph_optimization, "precision": manifest.precision}
+    here = {"onnxruntime": onnxruntime_version, "providers": list(providers),
+            "graph optimisation": graph_optimization, "precision": precision.value}
+    differ = [f"{k} {built_for[k]} (here {here[k]})" for k in built_for if built_for[k] != here[k]]
+    if differ:  # said, not silent: the user built it to be used
+        print(f"note: {engine_path.name} not used: it was built for {'; '.join(differ)}; running "
+              f"{source_path.name} instead ({hint})", file=sys.stderr)
+        return None
     if not engine_path.is_file():
         raise ArtifactError(f"{manifest_path} names {engine_path.name}, which is missing", hint=hint)
     source = sha256_file(source_path)

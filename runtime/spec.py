@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchforge.errors import ConfigError
+from batchforge.safe_paths import name_problem
 
 BATCH_DIM = "batch"
 SUPPORTED_INPUT_DTYPES = ("float32", "float16", "uint8", "int64")
@@ -164,6 +165,8 @@ def parse_model_spec(data: Any, root: str = "") -> tuple[ModelSpec | None, list[
     for key in ("name", "family"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             problems.append(f"{root}{key}: expected a non-empty string, got {data[key]!r}")
+    if isinstance(data.get("name"), str) and data["name"].strip() and name_problem(data["name"]):
+        problems.append(f"{root}name: {name_problem(data['name'])}; it names the model's folder")
     if not isinstance(data.get("description", ""), str):
         problems.append(f"{root}description: expected a string, got {data['description']!r}")
     if not isinstance(data.get("postprocess", {}), Mapping):

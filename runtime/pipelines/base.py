@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,20 @@ from batchforge.runtime.preprocess import preprocess_image
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, parse_options
+
+
+@contextlib.contextmanager
+def input_errors(source: str) -> Iterator[None]:
+    """Any failure while reading or preparing one input raised as an InputValidationError
+    naming it (cv2.error, zipfile, numpy, MemoryError...), so it becomes that input's error
+    record; batchforge's own errors pass through as they are."""
+    try:
+        yield
+    except BatchforgeError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[-1].strip()[:300]
+        raise InputValidationError(f"{source}: could not be read ({type(exc).__name__}): {detail}") from None
 
 
 @dataclass(frozen=True)
@@ -151,9 +166,12 @@ class Pipeline(abc.ABC):
         yield from self._flush(pending)
 
     def _safe_prepare(self, source: str) -> Result | Prepared:
+        """One input read and prepared; any failure of that input (a decoder's own errors
+        included) becomes its error record, so one bad file never costs the others."""
         try:
-            return self.prepare(self.load(source), source)
-        except InputValidationError as exc:
+            with input_errors(source):
+                return self.prepare(self.load(source), source)
+        except BatchforgeError as exc:
             return ErrorRecord(source, type(exc).__name__, exc.one_line())
 
     def _flush(self, pending: list[Result | Prepared]) -> Iterator[Result]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from batchforge.errors import InputValidationError
 from batchforge.runtime.batching import chunk_slices
-from batchforge.runtime.pipelines.base import Pipeline, Prepared
+from batchforge.runtime.pipelines.base import Pipeline, Prepared, input_errors
 from batchforge.runtime.post.ptycho import (
     ObjectCanvas,
     PtychoOptions,
@@ -231,9 +231,12 @@ class PtychoPipeline(Pipeline):
         pending: list[Prepared] = []
         for source in map(str, sources):
             try:
-                scan = self.load(source)
+                with input_errors(source):
+                    scan = self.load(source)
                 if scan.offsets is None:
-                    pending.append(self.prepare(scan.diffraction[0], source))
+                    with input_errors(source):
+                        prepared = self.prepare(scan.diffraction[0], source)
+                    pending.append(prepared)
                     outcome: Result | None = None
                 else:
                     yield from self._patch_results(pending)  # earlier files first: order kept

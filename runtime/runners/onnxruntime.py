@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from batchforge.errors import BackendUnavailableError, BatchforgeError
+from batchforge.errors import ArtifactError, BackendUnavailableError, BatchforgeError
+from batchforge.onnx_external import check_no_external_data, checked_external_files
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
 from batchforge.runtime.validation import IOMeta
@@ -129,7 +130,19 @@ class OnnxRuntimeRunner(Runner):
                 f"{ort.__version__} has {available}",
                 hint="install onnxruntime-gpu (`pip install 'batchforge[gpu]'`) on a CUDA machine",
             )
-        self.session = inference_session(ort, self.model, self.options)
+        if isinstance(self.model, bytes):  # before ONNX Runtime opens anything
+            check_no_external_data(self.model)
+        else:
+            checked_external_files(self.model)
+        try:
+            self.session = inference_session(ort, self.model, self.options)
+        except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+            what = "the model bytes" if isinstance(self.model, bytes) else self.model
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(
+                f"ONNX Runtime could not load {what} ({type(exc).__name__}): {first[:300]}",
+                hint="check the file with `batchforge inspect`, or re-create it with the command that made it",
+            ) from None
         self._outputs = tuple(o.name for o in self.session.get_outputs())
 
     @property
