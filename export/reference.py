@@ -98,8 +98,14 @@ class TorchRunner(Runner):
 def build_module(factory: str, *, initialise: bool = True) -> torch.nn.Module:
     """Calls a ``module:function`` factory; zoo factories skip their init when not needed."""
     fn = resolve_factory(factory)
-    accepts = "initialise" in inspect.signature(fn).parameters
-    return fn(initialise=initialise) if accepts else fn()
+    if "initialise" not in inspect.signature(fn).parameters:
+        return fn()
+    if not initialise:
+        return fn(initialise=False)
+    from batchforge.export.zoo.init import init_threads
+
+    with init_threads():  # the init's numbers do not depend on the machine's core count
+        return fn(initialise=True)
 
 
 def load_reference(artifacts: ModelArtifacts, record: Mapping[str, Any] | None = None) -> torch.nn.Module:

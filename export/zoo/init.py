@@ -8,10 +8,28 @@ so each layer sees normalised activations and every output has a realistic sprea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+
+# Torch threads of every forward pass a zoo init makes (BatchNorm statistics, fitted read-outs):
+# how a convolution splits its work follows the thread count, and so do the last bits of what the
+# init computes from it (measured: keypoints and facepose exported other weights with
+# OMP_NUM_THREADS=1 than with the 2 threads of the 2-core machine the zoo's figures come from).
+INIT_THREADS = 2
+
+
+@contextlib.contextmanager
+def init_threads() -> Iterator[None]:
+    """Runs a zoo init on ``INIT_THREADS`` torch threads, whatever the machine has."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(INIT_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:

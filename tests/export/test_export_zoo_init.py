@@ -38,3 +38,29 @@ def test_recalibration_does_not_depend_on_the_global_rng_and_runs_dropout_off():
         outs = torch.cat([model.conv(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)))
                           for i in range(3)])
     assert torch.allclose(first[:4], outs.mean(dim=(0, 2, 3)), atol=1e-6)
+
+
+SEEN_THREADS: list[tuple[bool, int]] = []
+
+
+def recording_factory(initialise: bool = True) -> nn.Module:
+    """A zoo-style factory that records the torch threads its init runs on."""
+    SEEN_THREADS.append((initialise, torch.get_num_threads()))
+    return Block()
+
+
+def test_zoo_init_runs_on_fixed_threads_whatever_the_machine_has():
+    from batchforge.export.reference import build_module
+    from batchforge.export.zoo.init import INIT_THREADS
+
+    before = torch.get_num_threads()
+    SEEN_THREADS.clear()
+    try:
+        for machine_threads in (1, 3):
+            torch.set_num_threads(machine_threads)
+            build_module(f"{__name__}:recording_factory")
+            assert torch.get_num_threads() == machine_threads  # restored after the init
+        build_module(f"{__name__}:recording_factory", initialise=False)
+    finally:
+        torch.set_num_threads(before)
+    assert SEEN_THREADS == [(True, INIT_THREADS), (True, INIT_THREADS), (False, 3)]
