@@ -23,6 +23,7 @@ EPILOG = """examples:
   batchforge parity --all --backend onnxruntime --precision fp32 --report reports/parity.json
   batchforge run reid_ensemble --input samples/reid --gallery artifacts/gallery.npz --output results.jsonl
   batchforge bench reid_resnet50 --batch-sizes 1,8 --threads 2
+  batchforge deploy triton reid_resnet50 --precision fp16 --out model_repository
 
 exit codes: 0 ok, 1 a check failed / some inputs failed, 2 could not run"""
 
@@ -222,6 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "from the lock")
     p.set_defaults(handler="batchforge.runtime.commands:cmd_doctor")
 
+    p = sub.add_parser("deploy", help="serving layouts: a Triton model repository",
+                       description="Write what a serving system loads, from verified artifacts.")
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
+    t = targets.add_parser("triton", help="REPO/MODEL/config.pbtxt + REPO/MODEL/1/model.onnx|model.plan",
+                           description="A Triton model repository for a model (an ensemble: each member). "
+                                       "The config is built with Triton's schema (needs batchforge[triton]).")
+    t.add_argument("model", metavar="MODEL")
+    t.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    t.add_argument("--out", required=True, metavar="REPO", help="the model repository folder (created if missing)")
+    t.add_argument("--platform", default="auto", choices=("auto", "onnxruntime_onnx", "tensorrt_plan"),
+                   help="auto: tensorrt_plan when `build --backend tensorrt` made a plan, else onnxruntime_onnx")
+    t.add_argument("--max-queue-delay-us", type=int, default=100, metavar="US",
+                   help="dynamic batching: longest wait to fill a preferred batch (default: 100)")
+    t.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default: 1)")
+    t.add_argument("--instance-kind", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="where instances run (default: auto; a plan always runs on the GPU)")
+    _add_common(t)
+    t.set_defaults(handler="batchforge.deploy.commands:cmd_deploy_triton")
+
     p = sub.add_parser("validate-config", help="check an anomaly infer_config.json; print every problem")
     p.add_argument("path", metavar="FILE")
     p.set_defaults(handler="batchforge.runtime.infer_config:cmd_validate_config")
@@ -244,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXTRAS = {"torch": "export", "torchvision": "export", "onnx": "export", "onnxscript": "export",
           "safetensors": "export", "onnxruntime": "cpu", "tensorrt": "tensorrt", "cuda": "gpu",
-          "matplotlib": "dev"}
+          "matplotlib": "dev", "tritonclient": "triton"}
 
 
 def _missing_dependency(exc: ModuleNotFoundError) -> BatchforgeError:

@@ -1,4 +1,4 @@
-"""Stage folders import only earlier stages (SPEC §1): export -> calibration -> engines -> parity.
+"""Stage folders import only earlier stages (SPEC §1): export -> calibration -> engines -> parity -> deploy.
 
 The runtime is the base every stage may use (its own boundary is tests/runtime/test_runtime_import_boundary.py);
 shared numeric pieces (metrics, tolerances) live in the top-level ``batchforge`` package so that
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("export", "calibration", "engines", "parity")
+ORDER = ("export", "calibration", "engines", "parity", "deploy")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
