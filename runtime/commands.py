@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import json
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +13,7 @@ import numpy as np
 from batchforge.errors import InputValidationError, UsageError
 from batchforge.lock import default_lock, drift, read_lock
 from batchforge.progress import progress
+from batchforge.runtime import environment
 from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import list_images
@@ -98,76 +94,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _gpus() -> list[str]:
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return ["nvidia-smi present but failed"]
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-
-
-def _cuda_report() -> dict[str, object]:
-    """CUDA devices and versions as cuda-python sees them."""
-    from batchforge.runtime.runners import cuda_util
-
-    if cuda_util.load_cudart() is None:
-        return {"cuda_python": "not installed", "devices": []}
-    count, why = cuda_util.probe_devices()
-    report: dict[str, object] = {"cuda_python": "installed", "devices": [], "device_count": count}
-    if why:
-        report["error"] = why
-    try:
-        report.update({f"cuda_{k}": v for k, v in cuda_util.cuda_versions().items()})
-        report["devices"] = [
-            {"index": d.index, "name": d.name, "compute_capability": d.compute_capability,
-             "sm": d.sm, "memory_mib": d.total_memory_mib}
-            for d in (cuda_util.device_info(i) for i in range(count))]
-    except Exception as exc:  # doctor reports, never fails: a broken driver is a finding
-        report["error"] = str(exc)
-    return report
-
-
-def _tensorrt_version() -> str:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "not installed"
-    try:
-        import tensorrt
-
-        return str(tensorrt.__version__)
-    except Exception as exc:  # an installed but broken TensorRT is a finding, not a crash
-        return f"installed but failed to import: {exc}"
-
-
-def _ort_providers() -> list[str]:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return []
-    import onnxruntime
-
-    return list(onnxruntime.get_available_providers())
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {d: _version(d) for d in ("batchforge", "numpy", "opencv-python-headless",
-                                             "onnxruntime", "onnxruntime-gpu", "tensorrt",
-                                             "cuda-python", "cuda-bindings", "torch", "torchvision", "onnx")},
-        "tensorrt": _tensorrt_version(),
-        "onnxruntime_providers": _ort_providers(),
-        "cuda": _cuda_report(),
-        "gpus": _gpus(),
+        **environment.capture(),
         "backends": {s.backend.value: {"available": s.available, "detail": s.detail}
                      for s in probe_backends()},
     }
