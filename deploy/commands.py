@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from batchforge.errors import ArtifactError
+from batchforge.deploy.artifacts import model_names
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
-from batchforge.runtime.loading import ensemble_spec
-
-
-def model_names(output_dir: str, model: str) -> list[str]:
-    """The model folders ``model`` stands for (an ensemble's members), each checked to exist."""
-    ensemble = ensemble_spec(output_dir, model)
-    names = list(ensemble.member_names) if ensemble else [model]
-    for name in names:
-        if not ModelArtifacts.at(output_dir, name).dir.is_dir():
-            raise ArtifactError(f"no artifacts for model {name!r} under {Path(output_dir).resolve()}",
-                                hint=f"create them with `batchforge export {name}` (see `batchforge models`)")
-    return names
 
 
 def cmd_deploy_triton(args: argparse.Namespace) -> int:
@@ -49,4 +38,19 @@ def cmd_deploy_triton(args: argparse.Namespace) -> int:
     if len(names) > 1 or names[0] != args.model:
         print(f"{args.model} is an ensemble: Triton serves its members; fuse their outputs on the client "
               "(batchforge.runtime.post.reid.fuse_embeddings with the ensemble's weights)")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from batchforge.deploy.bundle import BundleRequest, write_bundle
+
+    request = BundleRequest(model=args.model, precision=Precision(args.precision), output_dir=Path(args.output_dir),
+                            out=Path(args.out), infer_config=Path(args.infer_config) if args.infer_config else None,
+                            parity_report=Path(args.parity_report) if args.parity_report else None)
+    path, count, size = write_bundle(request)
+    print(f"{args.model} ({request.precision.value}): bundle of {count} files, {size / 2**20:.2f} MiB, "
+          f"every file in SHA256SUMS -> {path}")
+    if request.parity_report is None:
+        print("note: no --parity-report given: the bundle records no parity run", file=sys.stderr)
+    print(f"run it with `batchforge run --bundle {path} --input ... --output results.jsonl`")
     return 0

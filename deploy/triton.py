@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import BackendUnavailableError, ConfigError, IntegrityError, UsageError
-from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json
-from batchforge.runtime.manifest import read_manifest, verified_plan_bytes
+from batchforge.deploy.artifacts import verified_onnx_files, verified_plan
+from batchforge.errors import BackendUnavailableError, ConfigError, UsageError
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.spec import ProfileRange
 
 VERSION = "1"  # the model version folder Triton serves
@@ -103,25 +103,11 @@ def import_model_config() -> Any:
 def choose_source(artifacts: ModelArtifacts, precision: Precision, platform: Platform) -> DeploySource:
     """The artifact to serve after its integrity checks: the TensorRT plan (``tensorrt_plan``,
     or ``auto`` when one was built) or the precision's ONNX model and its external data."""
-    onnx_path = artifacts.verified_onnx(precision)
-    manifest_path = artifacts.plan_manifest(precision)
-    if platform is Platform.PLAN or (platform is Platform.AUTO and manifest_path.is_file()):
-        hint = (f"build it with `batchforge build {artifacts.model} --precision {precision.value} "
-                "--backend tensorrt` with the TensorRT of the Triton server")
-        manifest = read_manifest(manifest_path, hint=hint)
-        if (manifest.model, manifest.precision) != (artifacts.model, precision.value):
-            raise IntegrityError(f"{manifest_path} describes {manifest.model!r} at {manifest.precision}, "
-                                 f"expected {artifacts.model!r} at {precision.value}", hint=hint)
-        verified_plan_bytes(manifest, artifacts.plan(precision))
-        source = read_json(artifacts.sidecar(precision), what=f"{precision.value} record")["onnx"]["sha256"]
-        if source != manifest.onnx_sha256:
-            raise IntegrityError(f"{artifacts.plan(precision).name} was built from an ONNX with sha256 "
-                                 f"{manifest.onnx_sha256[:12]}, the current {onnx_path.name} is "
-                                 f"{source[:12]}: the plan is stale", hint=hint)
+    onnx_path, *data = verified_onnx_files(artifacts, precision)
+    if platform is Platform.PLAN or (platform is Platform.AUTO and artifacts.plan_manifest(precision).is_file()):
+        manifest = verified_plan(artifacts, precision)
         return DeploySource(Platform.PLAN, artifacts.plan(precision), (), onnx_path, manifest.profile)
-    record = read_json(artifacts.sidecar(precision), what=f"{precision.value} record")["onnx"]
-    data = tuple(artifacts.dir / name for name in sorted(record.get("external_data") or {}))
-    return DeploySource(Platform.ONNX, onnx_path, data, onnx_path, artifacts.spec().profile)
+    return DeploySource(Platform.ONNX, onnx_path, tuple(data), onnx_path, artifacts.spec().profile)
 
 
 def graph_io(onnx_path: Path) -> tuple[list[TensorIO], list[TensorIO]]:

@@ -38,6 +38,9 @@ def _sources(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.model is None and args.bundle is None:
+        raise UsageError("run needs a MODEL or --bundle PATH; got neither",
+                         hint="e.g. `batchforge run reid_resnet50 --input DIR --output results.jsonl`")
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -48,11 +51,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from batchforge.runtime.infer_config import load_infer_config
 
         config = load_infer_config(args.infer_config)
-        config.check_model(args.model)
+        if args.model is not None:
+            config.check_model(args.model)
         overrides.update(config.overrides())
     pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
                              backend=backend, threads=args.threads, gallery=args.gallery,
-                             overrides=overrides or None, max_pixels=args.max_pixels)
+                             overrides=overrides or None, max_pixels=args.max_pixels, bundle=args.bundle)
+    if args.model is None:  # a bundle's model; an infer config naming another one is refused
+        args.model = pipeline.spec.name
+        if args.infer_config:
+            config.check_model(args.model)
     sources = _sources(args.input, pipeline.input_suffixes)
     side_outputs = pipeline.place_side_outputs(Path(args.output))
     if side_outputs is not None:

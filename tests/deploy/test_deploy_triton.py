@@ -8,16 +8,13 @@ import numpy as np
 import onnx
 import pytest
 from google.protobuf import text_format
-from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
+from helpers import FAKE_PLAN, fake_plan, tiny_embedder_onnx, tiny_spec, write_artifact
 from onnx import helper
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import triton_to_np_dtype
 
 from batchforge.cli import main
-from batchforge.engines.profiles import input_profiles
-from batchforge.engines.tensorrt_builder import BuildConfig, make_manifest
 from batchforge.runtime.artifacts import Precision, file_record, write_json_atomic
-from batchforge.runtime.manifest import write_manifest
 from batchforge.runtime.spec import EnsembleMember, EnsembleSpec, ModelSpec, ProfileRange, TensorSpec
 
 
@@ -127,28 +124,13 @@ def test_external_data_is_served_as_a_model_onnx_folder(tmp_path):
     assert_config_matches_graph(parsed_config(tmp_path / "repo", "bigw"), folder / "model.onnx", spec.profile)
 
 
-PLAN = bytes(range(256)) * 16
-
-
-def _fake_plan(artifacts, precision=Precision.FP32):
-    """A plan file and manifest as `build --backend tensorrt` writes them (the bytes are a stand-in:
-    deploy checks integrity, Triton's TensorRT deserialises)."""
-    config = BuildConfig(precision=precision, profile=ProfileRange(2, 4, 16))
-    artifacts.plan(precision).write_bytes(PLAN)
-    manifest = make_manifest(artifacts, config, artifacts.plan(precision), PLAN, artifacts.onnx(precision),
-                             input_profiles(artifacts.spec(), config.profile), artifacts.spec().to_dict(),
-                             "10.13.0.35", {"gpu_name": "NVIDIA H100", "compute_capability": "9.0",
-                                            "cuda_runtime": "12.9", "cuda_driver": "12.9"})
-    write_manifest(artifacts.plan_manifest(precision), manifest)
-
-
 def test_a_built_tensorrt_plan_is_served_as_tensorrt_plan_with_its_own_profile(tmp_path):
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec("planned"))
-    _fake_plan(artifacts)
+    fake_plan(artifacts)
     assert main(["deploy", "triton", "planned", "--out", str(tmp_path / "repo"), "--output-dir", str(tmp_path)]) == 0
     config = parsed_config(tmp_path / "repo", "planned")
     assert config.platform == "tensorrt_plan"
-    assert (tmp_path / "repo" / "planned" / "1" / "model.plan").read_bytes() == PLAN
+    assert (tmp_path / "repo" / "planned" / "1" / "model.plan").read_bytes() == FAKE_PLAN
     assert_config_matches_graph(config, artifacts.onnx(Precision.FP32), ProfileRange(2, 4, 16))
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     # the same model on ONNX Runtime when asked, with the spec's profile
@@ -161,8 +143,8 @@ def test_a_built_tensorrt_plan_is_served_as_tensorrt_plan_with_its_own_profile(t
 
 def test_a_tampered_plan_is_refused_and_nothing_is_written(tmp_path, capsys):
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec("planned"))
-    _fake_plan(artifacts)
-    data = bytearray(PLAN)
+    fake_plan(artifacts)
+    data = bytearray(FAKE_PLAN)
     data[100] ^= 1
     artifacts.plan(Precision.FP32).write_bytes(bytes(data))
     assert main(["deploy", "triton", "planned", "--out", str(tmp_path / "repo"), "--output-dir", str(tmp_path)]) == 2
@@ -178,7 +160,7 @@ def test_a_tampered_plan_is_refused_and_nothing_is_written(tmp_path, capsys):
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     artifacts = write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec("planned"))
-    _fake_plan(artifacts)
+    fake_plan(artifacts)
     assert main(["deploy", "triton", "planned", "--out", str(tmp_path / "repo"), "--output-dir", str(tmp_path),
                  *argv]) == 2
     err = capsys.readouterr().err
