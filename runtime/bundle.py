@@ -121,8 +121,13 @@ def _extract(tar_path: Path, dest: Path) -> None:
             # the filter exists from Python 3.10.12 / 3.11.4; the checks above refuse the same entries
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **safe)
+            # tarfile stops at the first bad header after the first one as if the archive ended
+            # there; reading the stream to its end makes gzip check its CRC and length
+            while tar.fileobj is not None and tar.fileobj.read(1 << 20):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise IntegrityError(f"bundle {tar_path} is not a readable tar archive: {exc}", hint=REMAKE_HINT) from None
+        reason = " ".join(str(exc).split())  # one line
+        raise IntegrityError(f"bundle {tar_path} is not a readable tar archive: {reason}", hint=REMAKE_HINT) from None
 
 
 def listed_files(root: Path, where: Path) -> dict[str, str]:
