@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "first with `batchforge validate-config FILE`")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="refuse larger images (default: 40000000)")
+    p.add_argument("--ray", action="store_true",
+                   help="run on Ray Data (batchforge[ray]): actors load the pipeline, the JSONL is the same, "
+                        "in input order")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --ray: a running cluster, e.g. ray://head:10001 or auto (default: a local Ray)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="with --ray: pipeline actors (default: 1)")
     _add_backend(p)
     _add_common(p)
     p.set_defaults(handler="batchforge.runtime.commands:cmd_run")
@@ -284,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXTRAS = {"torch": "export", "torchvision": "export", "onnx": "export", "onnxscript": "export",
           "safetensors": "export", "onnxruntime": "cpu", "tensorrt": "tensorrt", "cuda": "gpu",
-          "matplotlib": "dev", "tritonclient": "triton"}
+          "matplotlib": "dev", "tritonclient": "triton", "ray": "ray"}
 
 
 def _missing_dependency(exc: ModuleNotFoundError) -> BatchforgeError:
@@ -306,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_COULD_NOT_RUN
+    if getattr(args, "ray", False):  # `run --ray`: the runtime never imports ray
+        args.handler = "batchforge.integrations.ray:cmd_run_ray"
     try:
         try:
             return int(_load_handler(args.handler)(args) or 0)

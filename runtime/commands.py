@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +22,8 @@ from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import list_images
 from batchforge.runtime.jsonl import JsonlWriter
 from batchforge.runtime.loading import load_pipeline
-from batchforge.runtime.results import ErrorRecord
+from batchforge.runtime.pipelines import Pipeline
+from batchforge.runtime.results import ErrorRecord, Result
 
 
 def _announce_backend(requested: str) -> str:
@@ -37,10 +41,17 @@ def _sources(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     return sources
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+# an executor runs the pipeline elsewhere (``batchforge.integrations.ray``): (pipeline, sources,
+# load_pipeline keyword arguments) -> records in input order
+Executor = Callable[[Pipeline, list[Path], dict[str, Any]], Iterator[Result | dict[str, Any]]]
+
+
+def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
     if args.model is None and args.bundle is None:
         raise UsageError("run needs a MODEL or --bundle PATH; got neither",
                          hint="e.g. `batchforge run reid_resnet50 --input DIR --output results.jsonl`")
+    if executor is None and (args.ray_address or args.concurrency is not None):
+        raise UsageError("--ray-address and --concurrency apply with --ray only", hint="add --ray")
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -54,29 +65,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.model is not None:
             config.check_model(args.model)
         overrides.update(config.overrides())
-    pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
-                             backend=backend, threads=args.threads, gallery=args.gallery,
-                             overrides=overrides or None, max_pixels=args.max_pixels, bundle=args.bundle)
+    load_kwargs: dict[str, Any] = dict(output_dir=args.output_dir, precision=args.precision, threads=args.threads,
+                                       gallery=args.gallery, overrides=overrides or None,
+                                       max_pixels=args.max_pixels, bundle=args.bundle)
+    pipeline = load_pipeline(args.model, backend=backend, **load_kwargs)
     if args.model is None:  # a bundle's model; an infer config naming another one is refused
         args.model = pipeline.spec.name
         if args.infer_config:
             config.check_model(args.model)
     sources = _sources(args.input, pipeline.input_suffixes)
-    side_outputs = pipeline.place_side_outputs(Path(args.output))
-    if side_outputs is not None:
-        print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
+    if executor is None:
+        side_outputs = pipeline.place_side_outputs(Path(args.output))
+        if side_outputs is not None:
+            print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
+        results: Iterator[Result | dict[str, Any]] = pipeline.run_sources(sources, args.batch_size)
+        context: Any = pipeline
+    else:  # the executor's workers load the pipeline; this one only listed the inputs
+        results = executor(pipeline, sources, {"model": args.model, "backend": args.backend, **load_kwargs})
+        context = contextlib.nullcontext()
     errors = 0
     start = time.perf_counter()
-    with pipeline, JsonlWriter(args.output) as writer:
-        for result in progress(pipeline.run_sources(sources, args.batch_size), desc=args.model,
-                               total=len(sources)):
+    with context, JsonlWriter(args.output) as writer:
+        for result in progress(results, desc=args.model, total=len(sources)):
             writer.write(result)
-            if isinstance(result, ErrorRecord):
+            record = result.to_record() if isinstance(result, Result) else result
+            if record.get("ok") is False:
                 errors += 1
-                print(f"  skipped {result.source}: {result.message}", file=sys.stderr)
+                print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
     seconds = time.perf_counter() - start
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
-          f"record(s), {len(sources) / seconds:.1f} items/s on {backend} -> {args.output}")
+          f"record(s), {len(sources) / seconds:.1f} items/s on {backend if executor is None else 'ray'} "
+          f"-> {args.output}")
     return 1 if errors else 0
 
 

@@ -49,3 +49,11 @@ def test_the_check_sees_a_planted_import(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert later_stage_imports("export") == ["export/bad.py:2 imports batchforge.parity.gate",
                                              "export/bad.py:2 imports batchforge.parity.gate.check_model"]
+
+
+def test_integrations_use_the_runtime_only():
+    """batchforge.integrations (Ray) runs pipelines: it may import the runtime, never a build stage."""
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+           for path in sorted((ROOT / "batchforge" / "integrations").rglob("*.py"))
+           for line, name in imported_modules(path) if name.split(".")[1] in ORDER]
+    assert bad == []
