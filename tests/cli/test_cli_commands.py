@@ -16,7 +16,7 @@ def test_help_teaches_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     for command in ("models", "export", "convert", "calibrate", "build", "parity", "run", "bench",
-                    "inspect", "doctor", "gallery", "samples", "validate-config"):
+                    "inspect", "doctor", "gallery", "samples", "validate-config", "deploy", "bundle"):
         assert command in out
     assert "exit codes" in out
 
