@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import BatchforgeError, UsageError
+from batchforge.families import get_family
 from batchforge.runtime.backends import Backend
 from batchforge.runtime.images import decode_image
 from batchforge.runtime.loading import load_pipeline
@@ -62,6 +63,9 @@ class BatchforgePredictor:
     def _encoded(self, names: list[str], blobs: list[bytes]) -> list[Any]:
         """Results for encoded images: the pipeline's own batching and error records, with each
         image decoded from its bytes (in order) instead of read from a file."""
+        if not get_family(self.pipeline.family).image_input:
+            raise UsageError(f"a 'bytes' column holds encoded images; {self.pipeline.family} models read files",
+                             hint="give a 'path' column instead")
         pending = iter(blobs)
         self.pipeline.load = lambda source: decode_image(bytes(next(pending)), source=source,  # type: ignore[method-assign]
                                                          max_pixels=self.pipeline.max_pixels)

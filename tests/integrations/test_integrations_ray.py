@@ -11,7 +11,7 @@ from helpers import random_images, tiny_embedder_onnx, tiny_spec, write_artifact
 ray = pytest.importorskip("ray", reason="needs ray[data]: pip install 'batchforge[ray]'")
 
 from batchforge.cli import main  # noqa: E402
-from batchforge.errors import IntegrityError  # noqa: E402
+from batchforge.errors import IntegrityError, UsageError  # noqa: E402
 from batchforge.integrations.ray import BatchforgePredictor, ray_records  # noqa: E402
 from batchforge.runtime.images import write_image  # noqa: E402
 from batchforge.runtime.loading import load_pipeline  # noqa: E402
@@ -112,3 +112,10 @@ def test_ray_options_without_ray_exit_2(inputs, tmp_path, capsys):
     assert run(inputs, tmp_path / "x.jsonl", "--concurrency", "2") == 2
     assert "--ray-address and --concurrency apply with --ray only" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_encoded_bytes_are_refused_for_a_model_that_reads_files(tmp_path):
+    write_artifact(tmp_path, tiny_embedder_onnx(), tiny_spec("arrays", family="tensors"))
+    predictor = BatchforgePredictor("arrays", output_dir=tmp_path, backend="onnxruntime-cpu")
+    with pytest.raises(UsageError, match="tensors models read files"):
+        predictor({"bytes": [b"x"]})
