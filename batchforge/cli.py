@@ -23,6 +23,9 @@ EPILOG = """examples:
   batchforge parity --all --backend onnxruntime --precision fp32 --report reports/parity.json
   batchforge run reid_ensemble --input samples/reid --gallery artifacts/gallery.npz --output results.jsonl
   batchforge bench reid_resnet50 --batch-sizes 1,8 --threads 2
+  batchforge deploy triton reid_resnet50 --precision fp16 --out model_repository
+  batchforge bundle reid_resnet50 --precision int8 --out reid.tar.gz --parity-report reports/parity.json
+  batchforge run --bundle reid.tar.gz --input samples/reid --output results.jsonl
 
 exit codes: 0 ok, 1 a check failed / some inputs failed, 2 could not run"""
 
@@ -71,6 +74,13 @@ def _add_calibration_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-random-data", action="store_true",
                    help="accept inputs that look like white noise (only to test what that does)")
     p.add_argument("--samples", type=POSITIVE, default=32, help="calibration items (default: 32)")
+
+
+def _add_deployed_model(p: argparse.ArgumentParser, out_metavar: str, out_help: str) -> None:
+    p.add_argument("model", metavar="MODEL", help="model or ensemble (an ensemble: every member)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
+    _add_common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,13 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="batchforge.parity.commands:cmd_parity")
 
     p = sub.add_parser("run", help="batched inference over images -> streaming JSONL",
-                       description="Run a model or ensemble over a folder or glob of inputs. One JSON "
-                                   "line per input, in order; bad inputs get an error record.")
-    p.add_argument("model", metavar="MODEL")
+                       description="Run a model or ensemble (or a deployment bundle) over a folder or glob "
+                                   "of inputs. One JSON line per input, in order; bad inputs get an error record.")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="model or ensemble (optional with --bundle)")
+    p.add_argument("--bundle", metavar="DIR|FILE.tar.gz",
+                   help="run a bundle from `batchforge bundle` (every file's sha256 verified first) "
+                        "instead of --output-dir")
     p.add_argument("--input", required=True, metavar="DIR|GLOB")
     p.add_argument("--output", required=True, metavar="FILE.jsonl")
     p.add_argument("--batch-size", type=POSITIVE, metavar="N", help="items per batch (default: profile opt)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, fp16 or int8 (default: fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32, fp16 or int8 (default: fp32, or the bundle's)")
     p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
     p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")
     p.add_argument("--infer-config", metavar="FILE",
@@ -197,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "first with `batchforge validate-config FILE`")
     p.add_argument("--max-pixels", type=POSITIVE, default=40_000_000,
                    help="refuse larger images (default: 40000000)")
+    p.add_argument("--ray", action="store_true",
+                   help="run on Ray Data (batchforge[ray]): actors load the pipeline, the JSONL is the same, "
+                        "in input order")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --ray: a running cluster, e.g. ray://head:10001 or auto (default: a local Ray)")
+    p.add_argument("--concurrency", type=POSITIVE, metavar="N", help="with --ray: pipeline actors (default: 1)")
     _add_backend(p)
     _add_common(p)
     p.set_defaults(handler="batchforge.runtime.commands:cmd_run")
@@ -243,6 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "from the lock")
     p.set_defaults(handler="batchforge.runtime.commands:cmd_doctor")
 
+    p = sub.add_parser("deploy", help="serving layouts: a Triton model repository",
+                       description="Write what a serving system loads, from verified artifacts.")
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
+    t = targets.add_parser("triton", help="REPO/MODEL/config.pbtxt + REPO/MODEL/1/model.onnx|model.plan",
+                           description="A Triton model repository for a model (an ensemble: each member). "
+                                       "The config is built with Triton's schema (needs batchforge[triton]).")
+    _add_deployed_model(t, "REPO", "the model repository folder (created if missing)")
+    t.add_argument("--platform", default="auto", choices=("auto", "onnxruntime_onnx", "tensorrt_plan"),
+                   help="auto: tensorrt_plan when `build --backend tensorrt` made a plan, else onnxruntime_onnx")
+    t.add_argument("--max-queue-delay-us", type=int, default=100, metavar="US",
+                   help="dynamic batching: longest wait to fill a preferred batch (default: 100)")
+    t.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default: 1)")
+    t.add_argument("--instance-kind", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="where instances run (default: auto; a plan always runs on the GPU)")
+    t.set_defaults(handler="batchforge.deploy.commands:cmd_deploy_triton")
+
+    p = sub.add_parser("bundle", help="a verifiable deployment bundle: artifact, records, environment, sha256 list",
+                       description="Bundle what was validated: the engine or ONNX (+ external data) with its "
+                                   "records, export.json, the calibration record, tolerances, the parity report "
+                                   "it passed, the infer config (anomaly), the environment, and SHA256SUMS. "
+                                   "`run --bundle` verifies every file first. An ensemble bundles all members.")
+    _add_deployed_model(p, "DIR|FILE.tar.gz", "a new folder, or a .tar.gz / .tgz file")
+    p.add_argument("--infer-config", metavar="FILE", help="anomaly: the infer_config.json to ship and apply")
+    p.add_argument("--parity-report", metavar="FILE.json",
+                   help="the `parity --report` it passed (its runs of this model at this precision must be PASSED)")
+    p.set_defaults(handler="batchforge.deploy.commands:cmd_bundle")
+
     p = sub.add_parser("validate-config", help="check an anomaly infer_config.json; print every problem")
     p.add_argument("path", metavar="FILE")
     p.set_defaults(handler="batchforge.runtime.infer_config:cmd_validate_config")
@@ -265,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXTRAS = {"torch": "export", "torchvision": "export", "onnx": "export", "onnxscript": "export",
           "safetensors": "export", "onnxruntime": "cpu", "tensorrt": "tensorrt", "cuda": "gpu",
-          "matplotlib": "dev"}
+          "matplotlib": "dev", "tritonclient": "triton", "ray": "ray"}
 
 
 def _missing_dependency(exc: ModuleNotFoundError) -> BatchforgeError:
@@ -287,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_COULD_NOT_RUN
+    if getattr(args, "ray", False):  # `run --ray`: the runtime never imports ray
+        args.handler = "batchforge.integrations.ray:cmd_run_ray"
     try:
         try:
             return int(_load_handler(args.handler)(args) or 0)

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import importlib.util
 import json
-import platform
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from batchforge.errors import InputValidationError, UsageError
 from batchforge.lock import default_lock, drift, read_lock
 from batchforge.progress import progress
+from batchforge.runtime import environment
 from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import list_images
 from batchforge.runtime.jsonl import JsonlWriter, check_output_file
 from batchforge.runtime.loading import load_pipeline
-from batchforge.runtime.results import ErrorRecord
+from batchforge.runtime.pipelines import Pipeline
+from batchforge.runtime.results import ErrorRecord, Result
 
 
 def _announce_backend(requested: str) -> str:
@@ -63,7 +61,17 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+# an executor runs the pipeline elsewhere (``batchforge.integrations.ray``): (pipeline, sources,
+# load_pipeline keyword arguments) -> records in input order
+Executor = Callable[[Pipeline, list[Path], dict[str, Any]], Iterator[Result | dict[str, Any]]]
+
+
+def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
+    if args.model is None and args.bundle is None:
+        raise UsageError("run needs a MODEL or --bundle PATH; got neither",
+                         hint="e.g. `batchforge run reid_resnet50 --input DIR --output results.jsonl`")
+    if executor is None and (args.ray_address or args.concurrency is not None):
+        raise UsageError("--ray-address and --concurrency apply with --ray only", hint="add --ray")
     check_output_file(args.output)  # before any work: a bad path must not cost a whole run
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
@@ -75,27 +83,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         from batchforge.runtime.infer_config import load_infer_config
 
         config = load_infer_config(args.infer_config)
-        config.check_model(args.model)
+        if args.model is not None:
+            config.check_model(args.model)
         overrides.update(config.overrides())
-    pipeline = load_pipeline(args.model, output_dir=args.output_dir, precision=args.precision,
-                             backend=backend, threads=args.threads, gallery=args.gallery,
-                             overrides=overrides or None, max_pixels=args.max_pixels)
+    load_kwargs: dict[str, Any] = dict(output_dir=args.output_dir, precision=args.precision, threads=args.threads,
+                                       gallery=args.gallery, overrides=overrides or None,
+                                       max_pixels=args.max_pixels, bundle=args.bundle)
+    pipeline = load_pipeline(args.model, backend=backend, **load_kwargs)
+    if args.model is None:  # a bundle's model; an infer config naming another one is refused
+        args.model = pipeline.spec.name
+        if args.infer_config:
+            config.check_model(args.model)
     sources = _sources(args.input, pipeline.input_suffixes)
-    side_outputs = pipeline.place_side_outputs(Path(args.output))
-    if side_outputs is not None:
-        print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
+    if executor is None:
+        side_outputs = pipeline.place_side_outputs(Path(args.output))
+        if side_outputs is not None:
+            print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
+        results: Iterator[Result | dict[str, Any]] = pipeline.run_sources(sources, args.batch_size)
+        context: Any = pipeline
+    else:  # the executor's workers load the pipeline; this one only listed the inputs
+        results = executor(pipeline, sources, {"model": args.model, "backend": args.backend, **load_kwargs})
+        context = contextlib.nullcontext()
     errors = 0
     start = time.perf_counter()
-    with terminate_as_interrupt(), pipeline, JsonlWriter(args.output) as writer:
-        for result in progress(pipeline.run_sources(sources, args.batch_size), desc=args.model,
-                               total=len(sources)):
+    with terminate_as_interrupt(), context, JsonlWriter(args.output) as writer:
+        for result in progress(results, desc=args.model, total=len(sources)):
             writer.write(result)
-            if isinstance(result, ErrorRecord):
+            record = result.to_record() if isinstance(result, Result) else result
+            if record.get("ok") is False:
                 errors += 1
-                print(f"  skipped {result.source}: {result.message}", file=sys.stderr)
+                print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
     seconds = time.perf_counter() - start
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
-          f"record(s), {len(sources) / seconds:.1f} items/s on {backend} -> {args.output}")
+          f"record(s), {len(sources) / seconds:.1f} items/s on {backend if executor is None else 'ray'} "
+          f"-> {args.output}")
     return 1 if errors else 0
 
 
@@ -123,76 +144,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _gpus() -> list[str]:
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return ["nvidia-smi present but failed"]
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
-
-
-def _cuda_report() -> dict[str, object]:
-    """CUDA devices and versions as cuda-python sees them."""
-    from batchforge.runtime.runners import cuda_util
-
-    if cuda_util.load_cudart() is None:
-        return {"cuda_python": "not installed", "devices": []}
-    count, why = cuda_util.probe_devices()
-    report: dict[str, object] = {"cuda_python": "installed", "devices": [], "device_count": count}
-    if why:
-        report["error"] = why
-    try:
-        report.update({f"cuda_{k}": v for k, v in cuda_util.cuda_versions().items()})
-        report["devices"] = [
-            {"index": d.index, "name": d.name, "compute_capability": d.compute_capability,
-             "sm": d.sm, "memory_mib": d.total_memory_mib}
-            for d in (cuda_util.device_info(i) for i in range(count))]
-    except Exception as exc:  # doctor reports, never fails: a broken driver is a finding
-        report["error"] = str(exc)
-    return report
-
-
-def _tensorrt_version() -> str:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "not installed"
-    try:
-        import tensorrt
-
-        return str(tensorrt.__version__)
-    except Exception as exc:  # an installed but broken TensorRT is a finding, not a crash
-        return f"installed but failed to import: {exc}"
-
-
-def _ort_providers() -> list[str]:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return []
-    import onnxruntime
-
-    return list(onnxruntime.get_available_providers())
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {d: _version(d) for d in ("batchforge", "numpy", "opencv-python-headless",
-                                             "onnxruntime", "onnxruntime-gpu", "tensorrt",
-                                             "cuda-python", "cuda-bindings", "torch", "torchvision", "onnx")},
-        "tensorrt": _tensorrt_version(),
-        "onnxruntime_providers": _ort_providers(),
-        "cuda": _cuda_report(),
-        "gpus": _gpus(),
+        **environment.capture(),
         "backends": {s.backend.value: {"available": s.available, "detail": s.detail}
                      for s in probe_backends()},
     }

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import ArtifactError, ConfigError
+from batchforge.errors import ArtifactError, ConfigError, UsageError
 from batchforge.runtime.artifacts import DEFAULT_OUTPUT_DIR, ModelArtifacts, Precision, read_json
 from batchforge.runtime.backends import Backend, resolve_backend
+from batchforge.runtime.bundle import open_bundle
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import DEFAULT_MAX_PIXELS
+from batchforge.runtime.infer_config import load_infer_config
 from batchforge.runtime.manifest import offline_level, select_ort_engine
 from batchforge.runtime.pipelines import ENSEMBLE_PIPELINES, PIPELINES, Pipeline
 from batchforge.runtime.runners.base import Runner
@@ -130,27 +133,39 @@ def ort_provider_setup(artifacts: ModelArtifacts, spec: ModelSpec, precision: Pr
 
 
 def load_pipeline(
-    model: str,
+    model: str | None = None,
     *,
     output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT_DIR,
-    precision: Precision | str = Precision.FP32,
+    precision: Precision | str | None = None,
     backend: Backend | str = Backend.AUTO,
     threads: int = 0,
     gallery: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    bundle: str | os.PathLike[str] | None = None,
 ) -> Pipeline:
     """Builds the family pipeline for an exported model or ensemble.
 
     Args:
-        model: a model (or ensemble) name with artifacts under ``output_dir``.
-        precision, backend, threads: see ``open_runner``.
+        model: a model (or ensemble) name with artifacts under ``output_dir``; with ``bundle``,
+            optional (it must then be the bundle's model).
+        precision: fp32, fp16 or int8 (default fp32; a bundle's own precision with ``bundle``).
+        backend, threads: see ``open_runner``.
         gallery: a reid gallery ``.npz`` (reid family only).
-        overrides: post-processing options replacing the spec's (validated by the family).
+        overrides: post-processing options replacing the spec's (validated by the family); a
+            bundle's infer config applies first.
         max_pixels: refuse larger input images.
+        bundle: a deployment bundle (folder or .tar.gz) to load instead of ``output_dir``; every
+            file's sha256 is verified before anything is deserialised (``open_bundle``).
     Returns:
         A Pipeline; use it as a context manager (``with load_pipeline(...) as p:``).
     """
+    if bundle is not None:
+        return _load_bundle(bundle, model, precision, backend=backend, threads=threads, gallery=gallery,
+                            overrides=overrides, max_pixels=max_pixels)
+    if model is None:
+        raise UsageError("load_pipeline needs a model name or a bundle; got neither")
+    precision = Precision.FP32 if precision is None else precision
     ensemble = ensemble_spec(output_dir, model)
     if ensemble is not None:
         members = []
@@ -175,6 +190,29 @@ def load_pipeline(
     options = _options(cls, spec.postprocess, overrides, spec.family)
     return cls(spec, runner, options, max_pixels=max_pixels,
                **_family_kwargs(spec.family, model, gallery))
+
+
+def _load_bundle(path: str | os.PathLike[str], model: str | None, precision: Precision | str | None,
+                 **kwargs: Any) -> Pipeline:
+    """``load_pipeline`` on a verified bundle; its extracted copy lives as long as the pipeline."""
+    opened = open_bundle(path)
+    try:
+        if model is not None and model != opened.model:
+            raise UsageError(f"bundle {path} holds model {opened.model!r}, not {model!r}",
+                             hint="leave the model out, or give the bundle of that model")
+        if precision is not None and Precision(precision) is not opened.precision:
+            raise UsageError(f"bundle {path} holds {opened.model!r} at {opened.precision.value}, not at "
+                             f"{Precision(precision).value}", hint="leave the precision out to use the bundle's")
+        if opened.infer_config is not None:
+            config = load_infer_config(opened.infer_config)
+            config.check_model(opened.model)
+            kwargs["overrides"] = {**config.overrides(), **(kwargs["overrides"] or {})}
+        pipeline = load_pipeline(opened.model, output_dir=opened.output_dir, precision=opened.precision, **kwargs)
+    except BaseException:
+        opened.close()
+        raise
+    weakref.finalize(pipeline, opened.close)
+    return pipeline
 
 
 def _options(cls: type[Pipeline], recorded: Mapping[str, Any], overrides: Mapping[str, Any] | None,

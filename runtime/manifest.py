@@ -233,10 +233,7 @@ def check_before_load(
     """
     plan_path = Path(plan_path)
     hint = manifest.rebuild_hint()
-    if not plan_path.is_file():
-        raise ArtifactError(f"TensorRT plan not found: {plan_path}", hint=hint)
-    plan = plan_path.read_bytes()
-    _check_plan_bytes(manifest, plan_path, plan, hint)
+    plan = verified_plan_bytes(manifest, plan_path)
     if onnx_path is not None and Path(onnx_path).is_file():
         actual = sha256_file(onnx_path)
         if actual != manifest.onnx_sha256:
@@ -245,6 +242,17 @@ def check_before_load(
                 f"{manifest.onnx_sha256[:12]}, but {Path(onnx_path).name} is now {actual[:12]}: the "
                 "plan is stale", hint=hint)
     check_compatibility(manifest, environment)
+    return plan
+
+
+def verified_plan_bytes(manifest: EngineManifest, plan_path: str | os.PathLike[str]) -> bytes:
+    """The plan's bytes once its size and sha256 match the manifest (no compatibility check:
+    a plan deployed elsewhere, e.g. to Triton, is checked here only for integrity)."""
+    plan_path = Path(plan_path)
+    if not plan_path.is_file():
+        raise ArtifactError(f"TensorRT plan not found: {plan_path}", hint=manifest.rebuild_hint())
+    plan = plan_path.read_bytes()
+    _check_plan_bytes(manifest, plan_path, plan, manifest.rebuild_hint())
     return plan
 
 

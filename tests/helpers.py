@@ -110,3 +110,22 @@ def edit_export_spec(artifacts: ModelArtifacts, edit) -> None:
     record = json.loads(artifacts.export_record_path.read_text())
     edit(record["spec"])
     write_json_atomic(artifacts.export_record_path, record)
+
+
+FAKE_PLAN = bytes(range(256)) * 16
+
+
+def fake_plan(artifacts, precision=Precision.FP32):
+    """A plan file and manifest as `build --backend tensorrt` writes them (the bytes are a stand-in:
+    deploy checks integrity, Triton's TensorRT deserialises)."""
+    from batchforge.engines.profiles import input_profiles
+    from batchforge.engines.tensorrt_builder import BuildConfig, make_manifest
+    from batchforge.runtime.manifest import write_manifest
+
+    config = BuildConfig(precision=precision, profile=ProfileRange(2, 4, 16))
+    artifacts.plan(precision).write_bytes(FAKE_PLAN)
+    manifest = make_manifest(artifacts, config, artifacts.plan(precision), FAKE_PLAN, artifacts.onnx(precision),
+                             input_profiles(artifacts.spec(), config.profile), artifacts.spec().to_dict(),
+                             "10.13.0.35", {"gpu_name": "NVIDIA H100", "compute_capability": "9.0",
+                                            "cuda_runtime": "12.9", "cuda_driver": "12.9"})
+    write_manifest(artifacts.plan_manifest(precision), manifest)

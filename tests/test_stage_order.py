@@ -1,4 +1,4 @@
-"""Stage folders import only earlier stages (SPEC §1): export -> calibration -> engines -> parity.
+"""Stage folders import only earlier stages (SPEC §1): export -> calibration -> engines -> parity -> deploy.
 
 The runtime is the base every stage may use (its own boundary is tests/runtime/test_runtime_import_boundary.py);
 shared numeric pieces (metrics, tolerances) live in the top-level ``batchforge`` package so that
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("export", "calibration", "engines", "parity")
+ORDER = ("export", "calibration", "engines", "parity", "deploy")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -49,3 +49,11 @@ def test_the_check_sees_a_planted_import(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert later_stage_imports("export") == ["export/bad.py:2 imports batchforge.parity.gate",
                                              "export/bad.py:2 imports batchforge.parity.gate.check_model"]
+
+
+def test_integrations_use_the_runtime_only():
+    """batchforge.integrations (Ray) runs pipelines: it may import the runtime, never a build stage."""
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+           for path in sorted((ROOT / "batchforge" / "integrations").rglob("*.py"))
+           for line, name in imported_modules(path) if name.split(".")[1] in ORDER]
+    assert bad == []

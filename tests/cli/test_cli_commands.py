@@ -1,3 +1,4 @@
+import argparse
 import json
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ def test_help_teaches_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     for command in ("models", "export", "convert", "calibrate", "build", "parity", "run", "bench",
-                    "inspect", "doctor", "gallery", "samples", "validate-config"):
+                    "inspect", "doctor", "gallery", "samples", "validate-config", "deploy", "bundle"):
         assert command in out
     assert "exit codes" in out
 
@@ -142,10 +143,17 @@ def test_bench_json(user_tiny_artifacts, tmp_path, capsys):
 def test_every_parser_handler_resolves():
     import importlib
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():
-        module, _, attr = p.get_default("handler").partition(":")
+    def handlers(parser, prefix=""):
+        """(command, handler) of every leaf parser; ``deploy triton`` is a nested one."""
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            return [(prefix.strip(), parser.get_default("handler"))]
+        return [h for name, p in sub.choices.items() for h in handlers(p, f"{prefix} {name}")]
+
+    found = handlers(build_parser())
+    assert ("deploy triton", "batchforge.deploy.commands:cmd_deploy_triton") in found
+    for name, handler in found:
+        module, _, attr = handler.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), name
 
 

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "onnx", "onnxscript", "tensorrt", "safetensors", "tqdm", "matplotlib",
-         "scipy")
+         "scipy", "tritonclient", "ray")
 
 CHECK = textwrap.dedent("""
     import importlib, pkgutil, sys
