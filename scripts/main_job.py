@@ -4,7 +4,9 @@ would run it, then one summary table. Exit status is the parity gate's (0 / 1 / 
     python scripts/main_job.py [--backend auto] [--precisions fp32,fp16,int8] [--skip-build] [--jobs 2]
 
 The per-model stages (export, samples, fp16 convert, int8 calibrate, build) run as ``--jobs``
-concurrent commands, each over its own lane of models: much of export (dynamo tracing) and of
+concurrent commands, each over its own lane of models (export: the ensemble in one lane, as its
+record is written by `export reid_ensemble`; convert and calibrate: lanes balanced by the seconds
+each model took in the sequential CI): much of export (dynamo tracing) and of
 calibration (quantize_static's graph rewriting, histograms) is single-threaded Python, so a
 second command fills the second core. Every command still runs at its default thread count, so
 the numbers are the ones a sequential run gives (the zoo's seeded init runs forward passes whose
@@ -121,6 +123,31 @@ def lanes(models: list[dict], ensembles: list[dict], jobs: int) -> list[list[str
     return own + [lane for lane in shared if lane]
 
 
+# Seconds per model measured in the sequential CI (fresh clone, 2 cores, 4e57f9e): what the lanes of
+# the stages that take member names directly (convert, calibrate) are balanced by.
+MEASURED_SECONDS = {
+    "convert": {"reid_vit_b_16": 32.1, "detector": 9.6, "reid_efficientnet_b3": 8.0, "reid_resnet50": 5.8,
+                "facepose": 4.9, "keypoints": 2.5, "anomaly": 1.8, "ptycho": 0.3},
+    "calibrate": {"reid_efficientnet_b3": 160.8, "detector": 139.7, "reid_vit_b_16": 75.0, "facepose": 48.6,
+                  "keypoints": 36.6, "reid_resnet50": 22.3, "anomaly": 7.5, "ptycho": 2.4},
+}
+
+
+def balanced(models: list[dict], stage: str, jobs: int) -> list[list[str]]:
+    """Models (ensemble members by name) in at most ``jobs`` lanes of about equal measured cost:
+    the costliest first, each to the lane with the least so far. A model without a measurement
+    counts as the median of those with one."""
+    costs = MEASURED_SECONDS[stage]
+    median = sorted(costs.values())[len(costs) // 2]
+    out: list[list[str]] = [[] for _ in range(max(1, jobs))]
+    totals = [0.0] * len(out)
+    for name in sorted((m["name"] for m in models), key=lambda n: -costs.get(n, median)):
+        lane = totals.index(min(totals))
+        out[lane].append(name)
+        totals[lane] += costs.get(name, median)
+    return [lane for lane in out if lane]
+
+
 def pooled(commands: list[list[str]], jobs: int) -> None:
     """Short commands, ``jobs`` at a time."""
     for i in range(0, len(commands), max(1, jobs)):
@@ -153,10 +180,8 @@ def main() -> int:
     timings: dict[str, float] = {}
     out = ["--output-dir", args.output_dir]
 
-    zoo_lanes = lanes(models, ensembles, args.jobs)
-
     sh("doctor")
-    timings["export"] = sh_parallel([["export", *lane, *out] for lane in zoo_lanes])[1]
+    timings["export"] = sh_parallel([["export", *lane, *out] for lane in lanes(models, ensembles, args.jobs)])[1]
     start = time.perf_counter()
     pooled([command for family in families for command in (
         ["samples", family, "--out", f"samples/run/{family}", "--count", str(RUN_SAMPLES)],
@@ -166,10 +191,10 @@ def main() -> int:
     precisions = args.precisions.split(",")
     if "fp16" in precisions:
         timings["convert fp16"] = sh_parallel([["convert", *lane, "--data", "samples/calib", *out]
-                                               for lane in zoo_lanes])[1]
+                                               for lane in balanced(models, "convert", args.jobs)])[1]
     if "int8" in precisions:
         timings["calibrate int8"] = sh_parallel([["calibrate", *lane, "--data", "samples/calib", *out]
-                                                 for lane in zoo_lanes])[1]
+                                                 for lane in balanced(models, "calibrate", args.jobs)])[1]
     if not args.skip_build:
         start = time.perf_counter()
         build_backend = "tensorrt" if args.backend == "tensorrt" else "auto"

@@ -34,3 +34,15 @@ def test_two_lanes_give_the_ensemble_a_lane_of_its_own(main_job):
                                                     ["anomaly", "detector", "facepose", "keypoints", "ptycho"]]
     assert main_job.lanes(MODELS, ENSEMBLES, 1) == [["reid_ensemble", "anomaly", "detector", "facepose",
                                                      "keypoints", "ptycho"]]
+
+
+def test_balanced_lanes_split_the_measured_cost_evenly_and_keep_every_model(main_job):
+    costs = main_job.MEASURED_SECONDS["calibrate"]
+    models = [{"name": n} for n in costs] + [{"name": "unmeasured"}]
+    lanes = main_job.balanced(models, "calibrate", 2)
+    assert sorted(n for lane in lanes for n in lane) == sorted(m["name"] for m in models)
+    median = sorted(costs.values())[len(costs) // 2]
+    totals = [sum(costs.get(n, median) for n in lane) for lane in lanes]
+    assert max(totals) - min(totals) <= min(costs.values()) + median  # within one small model
+    (single,) = main_job.balanced(models, "convert", 1)
+    assert sorted(single) == sorted(m["name"] for m in models) and single[0] == "reid_vit_b_16"
