@@ -49,12 +49,11 @@ class ResidentSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> ResidentSampler:
+    def start(self) -> None:
         if self.peak is not None:
             self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
 
     def _loop(self) -> None:
@@ -175,7 +174,7 @@ def main() -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     os.chdir(ROOT)
     models, ensembles = zoo()
-    SAMPLER.__enter__()
+    SAMPLER.start()
     families = sorted({m["family"] for m in models})
     timings: dict[str, float] = {}
     out = ["--output-dir", args.output_dir]
@@ -206,7 +205,7 @@ def main() -> int:
                                         args.precisions, "--report", str(report), "--allow-known-failures", *out,
                                         check=False)
     runs = run_samples(models, ensembles, args, out)
-    SAMPLER.__exit__()
+    SAMPLER.stop()
     print_summary(report, runs, timings)
     return parity_code
 
