@@ -88,7 +88,8 @@ class Family:
 _RT, _EX, _PA = "batchforge.runtime.pipelines", "batchforge.export", "batchforge.parity"
 
 # outputs: reid and keypoints read outputs[0] (embedding, heatmaps); detector/facepose's pipeline
-# names its outputs (boxes, scores[, pose]); anomaly and ptycho read two (map + score, amplitude + phase)
+# names its outputs (boxes, scores[, pose]); anomaly and ptycho read two (map + score, amplitude + phase);
+# mtcnn's stage models read theirs by name (2 or 3), its detector is the three-stage ensemble "mtcnn"
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("reid", f"{_RT}.reid:ReidPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.reid",
            zoo=(f"{_EX}.zoo.reid",), ensemble_pipeline=f"{_RT}.reid:ReidEnsemblePipeline", outputs=1),
@@ -102,6 +103,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            f"{_PA}.keypoints", zoo=(f"{_EX}.zoo.keypoints",), outputs=1),
     Family("ptycho", f"{_RT}.ptycho:PtychoPipeline", f"{_EX}.samples.ptycho:sample_patterns",
            f"{_PA}.ptycho", zoo=(f"{_EX}.zoo.ptycho",), image_input=False, outputs=2),
+    Family("mtcnn", f"{_RT}.mtcnn:MtcnnStagePipeline", f"{_EX}.samples.mtcnn:photographs", f"{_PA}.mtcnn",
+           zoo=(f"{_EX}.zoo.mtcnn",), ensemble_pipeline=f"{_RT}.mtcnn:MtcnnPipeline", image_input=False,
+           outputs=None),
     Family("tensors", f"{_RT}.tensors:TensorsPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.tensors",
            image_input=False, inputs=None),
 )}

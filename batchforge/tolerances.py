@@ -272,6 +272,60 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "batch_max_abs": at_most(2.56, "SPEC 1e-2 rel of the 256 px input"),
         },
     },
+    # mtcnn: trained networks (facenet-pytorch's weights) on real photographs. Stage rows judge
+    # each network's raw outputs against PyTorch; detector rows judge the runtime's three-stage
+    # pipeline against facenet-pytorch's own MTCNN.detect() (parity/mtcnn.py). Probabilities are
+    # in 0..1, landmarks and boxes in original pixels (photographs of 240x320..512x512).
+    "mtcnn": {
+        FP32: {
+            "raw_cosine": at_least(0.99999, SPEC),
+            "raw_max_rel": at_most(1e-4, "TUNE"),
+            "face_prob_abs_max": at_most(1e-4, "TUNE"),
+            "threshold_agreement": at_least(1.0, "TUNE"),
+            "landmark_crop_px_max": at_most(0.01, "TUNE"),
+            "batch_max_abs": at_most(1e-5, SPEC),
+            "face_recall": at_least(1.0, SPEC),
+            "face_precision": at_least(1.0, "TUNE"),
+            "matched_iou_min": at_least(0.999, SPEC),
+            "detect_prob_abs_max": at_most(1e-4, SPEC),
+            "landmark_px_max": at_most(0.01, "TUNE"),
+            "batch_boxes_max_abs": at_most(1e-5, SPEC),
+            "batch_probs_max_abs": at_most(1e-6, SPEC),
+            "batch_landmarks_max_abs": at_most(1e-4, SPEC),
+        },
+        FP16: {
+            "raw_cosine": at_least(0.9995, SPEC),
+            "raw_max_rel": at_most(2e-2, "TUNE"),
+            "face_prob_abs_max": at_most(0.01, "TUNE"),
+            "threshold_agreement": at_least(0.99, "TUNE"),
+            "landmark_crop_px_max": at_most(0.5, "TUNE"),
+            "batch_max_abs": at_most(1e-3, SPEC),
+            "face_recall": at_least(0.99, SPEC),
+            "face_precision": at_least(0.99, "TUNE"),
+            "matched_iou_min": at_least(0.98, SPEC),
+            "detect_prob_abs_max": at_most(0.01, SPEC),
+            "landmark_px_max": at_most(0.5, "TUNE"),
+            "batch_boxes_max_abs": at_most(0.5, "TUNE"),
+            "batch_probs_max_abs": at_most(1e-3, "TUNE"),
+            "batch_landmarks_max_abs": at_most(0.5, "TUNE"),
+        },
+        INT8: {
+            "raw_cosine": at_least(0.98, SPEC),
+            "raw_max_rel": at_most(0.25, "TUNE"),
+            "face_prob_abs_max": at_most(0.05, "TUNE"),
+            "threshold_agreement": at_least(0.95, "TUNE"),
+            "landmark_crop_px_max": at_most(2.0, "TUNE"),
+            "batch_max_abs": at_most(1e-2, SPEC),
+            "face_recall": at_least(0.9, SPEC),
+            "face_precision": at_least(0.9, "TUNE"),
+            "matched_iou_min": at_least(0.9, SPEC),
+            "detect_prob_abs_max": at_most(0.05, SPEC),
+            "landmark_px_max": at_most(2.0, "TUNE"),
+            "batch_boxes_max_abs": at_most(5.0, "TUNE"),
+            "batch_probs_max_abs": at_most(1e-2, "TUNE"),
+            "batch_landmarks_max_abs": at_most(5.0, "TUNE"),
+        },
+    },
     # ptycho: the stitched object (complex, |.| <= 1) against the reference path; amplitude in
     # 0..1 and phase in radians (|phase| < pi) per patch for batch equivalence.
     "ptycho": {

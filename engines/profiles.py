@@ -57,19 +57,21 @@ def _order_problem(low: int, opt: int, high: int, min_b: int | None, opt_b: int 
 
 
 def input_profiles(spec: ModelSpec, profile: ProfileRange) -> tuple[InputProfile, ...]:
-    """min/opt/max shapes of every input: the batch from ``profile``, the rest from the spec.
+    """min/opt/max shapes of every input: the batch from ``profile``, each named dim from the
+    spec's ``dims`` (P-Net's height and width), the rest from the spec.
 
     Raises:
-        ConfigError when a non-batch dim is symbolic (TensorRT needs it fixed in the profile).
+        ConfigError when a non-batch dim is symbolic without a range (TensorRT needs every dim of
+        the profile set).
     """
     out = []
     for tensor in spec.inputs:
-        item = tensor.item_shape
-        symbolic = [d for d in item if not isinstance(d, int)]
+        low, opt, high = spec.input_shapes(tensor, profile)
+        symbolic = [d for d in low[1:] if not isinstance(d, int)]
         if symbolic:
             raise ConfigError(
                 f"input {tensor.name!r} of {spec.name!r} has symbolic dims {symbolic} besides the batch; "
-                "a TensorRT profile needs them fixed", hint="give the spec concrete sizes and re-export")
-        out.append(InputProfile(tensor.name, tensor.dtype, (profile.min, *item), (profile.opt, *item),
-                                (profile.max, *item)))
+                "a TensorRT profile needs them fixed or given a min/opt/max range",
+                hint='give the spec concrete sizes, or ranges under "dims", and re-export')
+        out.append(InputProfile(tensor.name, tensor.dtype, low, opt, high))  # type: ignore[arg-type]
     return tuple(out)

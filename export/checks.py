@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from batchforge.errors import ExportError
 from batchforge.metrics import ParityRow
+from batchforge.runtime.spec import ModelSpec
 
 SHAPE_OPS = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
 
@@ -82,6 +83,20 @@ def check_symbolic_batch(model: onnx.ModelProto) -> None:
             "the batch dim is not symbolic: " + "; ".join(bad),
             hint="export with a dynamic batch Dim (the exporter specialised it)",
         )
+
+
+def check_symbolic_dims(model: onnx.ModelProto, spec: ModelSpec) -> None:
+    """Every named dim with a range in the spec must be symbolic in the graph's inputs (an
+    exporter that specialised P-Net's height to the trace size fails here, not in the field)."""
+    bad = []
+    for value, tensor in zip(model.graph.input, spec.inputs):
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in enumerate(tensor.shape):
+            if axis and isinstance(name, str) and name in spec.dims and axis < len(dims) and not dims[axis].dim_param:
+                bad.append(f"input {value.name!r} dim {axis} ({name}) is fixed at {dims[axis].dim_value}")
+    if bad:
+        raise ExportError("named dims are not symbolic in the graph: " + "; ".join(bad),
+                          hint="the model specialised them: use shape-derived sizes in forward()")
 
 
 def lint_batch_specialisation(model: onnx.ModelProto, trace_batch: int) -> list[LintFinding]:

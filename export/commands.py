@@ -30,6 +30,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "inputs": {t.name: list(t.shape) for t in spec.inputs},
                      "outputs": list(spec.outputs),
                      "profile": [spec.profile.min, spec.profile.opt, spec.profile.max],
+                     "dims": {d: [r.min, r.opt, r.max] for d, r in spec.dims.items()},
                      "description": spec.description, "tolerances": tiers})
     for name, ens in sorted(ENSEMBLES.items()):
         rows.append({"name": name, "family": ens.family, "ensemble": {m.model: m.weight for m in ens.members},
@@ -40,13 +41,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':24} {'family':10} {'input':22} {'profile':10} description")
     for row in rows:
         if "ensemble" in row:
-            members = " + ".join(f"{m} x{w}" for m, w in row["ensemble"].items())
+            members = " + ".join(f"{m} x{w}" if w is not None else m for m, w in row["ensemble"].items())
+            members = members.replace(" + ", " -> ") if None in row["ensemble"].values() else members
             print(f"{row['name']:24} {row['family']:10} {'(ensemble)':22} {'':10} {members}")
             continue
         shape = "x".join(str(d) for d in next(iter(row["inputs"].values()))[1:])
+        for dim, sizes in row["dims"].items():
+            shape = shape.replace(dim, f"{dim}[{'/'.join(map(str, sizes))}]")
         profile = "/".join(map(str, row["profile"]))
         print(f"{row['name']:24} {row['family']:10} {shape:22} {profile:10} {row['description']}")
-    print("\nprofile = min/opt/max batch. Default tolerances: `batchforge models --json`.")
+    print("\nprofile = min/opt/max batch; height[min/opt/max] = a dynamic dim's sizes. "
+          "Default tolerances: `batchforge models --json`.")
     return 0
 
 
@@ -83,7 +88,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         for warning in record["warnings"]:
             print(f"warning: {entry.spec.name}: {warning}", file=sys.stderr, flush=True)
         release_memory()  # the exporter's graphs and the module: the next model starts clean
-    for name in (args.models if not args.all else _all_ensembles()):
+    exported = {entry.spec.name for entry in entries}
+    for name in (_all_ensembles() if args.all else _named_or_complete(args.models, exported)):
         ensemble = get_ensemble(name)
         if ensemble is not None:
             path = Path(args.output_dir) / name / ENSEMBLE_FILE
@@ -91,6 +97,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             write_json_atomic(path, ensemble.to_dict())
             print(f"wrote ensemble {name} ({' + '.join(ensemble.member_names)}) -> {path}")
     return 0
+
+
+def _named_or_complete(names: list[str], exported: set[str]) -> list[str]:
+    """The ensembles named, then those whose members were all exported by this call (`export
+    mtcnn_pnet mtcnn_rnet mtcnn_onet` makes `run mtcnn` work)."""
+    from batchforge.export.registry import ENSEMBLES
+
+    complete = [n for n, e in sorted(ENSEMBLES.items()) if n not in names and set(e.member_names) <= exported]
+    return list(names) + complete
 
 
 def _all_ensembles() -> list[str]:

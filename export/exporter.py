@@ -28,9 +28,9 @@ from batchforge.export.reference import TorchRunner, build_module
 from batchforge.export.registry import ZooEntry
 from batchforge.export.weights import load_weights, save_weights
 from batchforge.metrics import ParityRow, compare_arrays
-from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
+from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, sha256_file, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
-from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.spec import ModelSpec, ProfileRange
 
 EXPORT_SCHEMA_VERSION = 1
 # FP32 ONNX vs PyTorch on the same CPU: measured max_rel <= 2e-6 and cosine >= 0.9999999 on the
@@ -62,11 +62,14 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
     Args:
         entry: zoo entry (or a user model wrapped as one).
         output_dir: the artifacts root; the model goes to ``<output_dir>/<name>/``.
-        weights: safetensors or torch state dict; None = the zoo's seeded calibrated init.
+        weights: safetensors or torch state dict; None = the zoo entry's shipped weights if it has
+            any (MTCNN: facenet-pytorch's files), else the zoo's seeded calibrated init.
         options: exporter options.
         profile: batch profile override (default: the spec's).
     """
     spec = entry.spec if profile is None else replace(entry.spec, profile=profile)
+    if weights is None and entry.weights is not None:  # trained zoo models: their shipped weights
+        weights = entry.default_weights()
     artifacts = ModelArtifacts.at(output_dir, spec.name)
     artifacts.root.mkdir(parents=True, exist_ok=True)
     artifacts.check_writable_dir()
@@ -89,6 +92,7 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
         batches = verification_batches(spec.profile, options.trace_batch)
         try:
             checks.check_symbolic_batch(model)
+            checks.check_symbolic_dims(model, spec)
             parity = _export_parity(module, spec, onnx_path, batches)
             checks.check_export_parity(parity, EXPORT_MAX_REL, EXPORT_MIN_COSINE)
         except ExportError as exc:
@@ -113,8 +117,10 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
                          "external_data": info.external_data},
             "io": _io_record(model),
             "weights": {"source": str(weights) if weights else "seeded activation-calibrated init",
+                        "source_sha256": sha256_file(weights) if weights else None,
                         "file": artifacts.reference_weights.name, "sha256": weights_sha},
             "checks": {"onnx_checker": "passed (full_check)", "symbolic_batch": "passed",
+                       "symbolic_dims": {d: [r.min, r.opt, r.max] for d, r in spec.dims.items()} or "none",
                        "batch_lint": "warned" if warnings else "passed",
                        "parity": [r.as_dict() for r in parity],
                        "parity_limits": {"max_rel": EXPORT_MAX_REL, "min_cosine": EXPORT_MIN_COSINE}},
@@ -142,28 +148,45 @@ def verification_batches(profile: ProfileRange, trace_batch: int) -> list[int]:
     return sorted(sizes | ({odd} if odd else set()))
 
 
+def verification_sizes(spec: ModelSpec) -> list[dict[str, int]]:
+    """Where export checks the named dims: every dim at its min, at its max, and at an odd size
+    between (dims differing from each other, so a swapped height/width cannot pass). Empty for
+    a spec without named dims."""
+    if not spec.dims:
+        return []
+    ranges = list(spec.dims.items())
+    odd = {d: min(r.max, max(r.min, (r.min + r.opt) // 2 | 1) + 2 * i) for i, (d, r) in enumerate(ranges)}
+    return [{d: r.min for d, r in ranges}, odd, {d: r.max for d, r in ranges}]
+
+
+def _sizes_text(sizes: dict[str, int] | None) -> str:
+    return ", " + " ".join(f"{d}={v}" for d, v in sizes.items()) if sizes else ""
+
+
 def _export_parity(module: torch.nn.Module, spec, onnx_path: Path, batches: list[int]) -> list[ParityRow]:
     rows = []
     reference = TorchRunner(module, spec)
     engine = OnnxRuntimeRunner(onnx_path, name=f"{spec.name}:export-check")
+    cases = [(b, None) for b in batches] + [(2, sizes) for sizes in verification_sizes(spec)]
     with reference, engine:
-        for batch in batches:
-            inputs = example_inputs(spec, batch, seed=batch)
+        for batch, sizes in cases:
+            inputs = example_inputs(spec, batch, seed=batch, sizes=sizes)
             feed = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)}
             ref_out = reference.infer(feed)
             try:
                 got = engine.infer(feed)
             except Exception as exc:  # onnxruntime's own errors: a shape the graph cannot take
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ExportError(f"ONNX Runtime cannot run the exported graph at batch {batch}: "
-                                  f"{first[:300]}") from None
+                raise ExportError(f"ONNX Runtime cannot run the exported graph at batch {batch}"
+                                  f"{_sizes_text(sizes)}: {first[:300]}") from None
             for name in spec.outputs:
                 if got[name].shape != ref_out[name].shape:
                     raise ExportError(
-                        f"output {name!r} at batch {batch}: ONNX shape {got[name].shape}, "
-                        f"PyTorch {ref_out[name].shape}"
+                        f"output {name!r} at batch {batch}{_sizes_text(sizes)}: ONNX shape "
+                        f"{got[name].shape}, PyTorch {ref_out[name].shape}"
                     )
-                rows.append(ParityRow(batch, name, *compare_arrays(ref_out[name], got[name])))
+                label = f"{name}@{_sizes_text(sizes).strip(' ,')}" if sizes else name
+                rows.append(ParityRow(batch, label, *compare_arrays(ref_out[name], got[name])))
     return rows
 
 

@@ -1,4 +1,5 @@
-"""torch -> ONNX with a dynamic batch axis (dynamo exporter; TorchScript only as a fallback)."""
+"""torch -> ONNX with a dynamic batch axis and the spec's named dims (dynamo exporter; TorchScript
+only as a fallback)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +43,16 @@ class ExportInfo:
     external_data: bool
 
 
-def example_inputs(spec: ModelSpec, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Seeded example inputs of the spec's shapes (float inputs ~ N(0, 1))."""
+def example_inputs(spec: ModelSpec, batch: int, seed: int = 0,
+                   sizes: Mapping[str, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Seeded example inputs of the spec's shapes (float inputs ~ N(0, 1)); a named dim takes its
+    size from ``sizes``, else the opt of its range."""
     generator = torch.Generator().manual_seed(seed)
     tensors = []
     for t in spec.inputs:
-        shape = (batch, *[int(d) for d in t.item_shape])
+        opt = spec.input_shapes(t)[1][1:]
+        shape = (batch, *[int(sizes[d]) if sizes and isinstance(d, str) and d in sizes else int(o)
+                          for d, o in zip(t.item_shape, opt)])
         dtype = getattr(torch, t.dtype)
         if dtype.is_floating_point:
             tensors.append(torch.randn(shape, generator=generator).to(dtype))
@@ -74,8 +80,11 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: str | os.PathLik
     output_names = list(spec.outputs)
     try:
         batch = torch.export.Dim("batch", min=1)
+        named = {d: torch.export.Dim(d, min=r.min, max=r.max) for d, r in spec.dims.items()}
         arg_names = _forward_arg_names(module, len(args))
-        dynamic_shapes = {name: {0: batch} for name in arg_names}
+        dynamic_shapes = {name: {0: batch, **{axis: named[d] for axis, d in enumerate(t.shape)
+                                              if isinstance(d, str) and d in named}}
+                          for name, t in zip(arg_names, spec.inputs)}
         with _quiet():
             program = torch.onnx.export(
                 module, args, None, dynamo=True, opset_version=options.opset,
@@ -94,7 +103,10 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: str | os.PathLik
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=options.opset,
                 input_names=input_names, output_names=output_names,
-                dynamic_axes={n: {0: "batch"} for n in input_names + output_names},
+                dynamic_axes={**{n: {0: "batch"} for n in output_names},
+                              **{t.name: {0: "batch", **{axis: d for axis, d in enumerate(t.shape)
+                                                         if isinstance(d, str) and d in spec.dims}}
+                                 for t in spec.inputs}},
                 external_data=external,
             )
     except Exception as exc:

@@ -26,10 +26,16 @@ class ZooEntry:
 
     spec: ModelSpec
     factory: str
+    weights: str | None = None  # "module:function" -> the path of trained weights the model ships with
 
     def build(self) -> Any:
         """Calls the factory (seeded, activation-calibrated init for zoo models)."""
         return resolve_factory(self.factory)()
+
+    def default_weights(self) -> str:
+        """The path of the entry's shipped weights (``weights`` resolved and called)."""
+        assert self.weights is not None
+        return str(resolve_factory(self.weights)())
 
 
 ZOO: dict[str, ZooEntry] = {}
@@ -39,13 +45,16 @@ ENSEMBLES: dict[str, EnsembleSpec] = {}
 FAMILY_MODULES = tuple(dict.fromkeys(m for f in FAMILIES.values() for m in f.zoo))
 
 
-def register(spec: ModelSpec) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    """Decorator registering a zero-argument factory under ``spec.name``."""
+def register(spec: ModelSpec, weights: Callable[[], Any] | None = None
+             ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Decorator registering a zero-argument factory under ``spec.name``; ``weights`` returns the
+    path of trained weights the model ships with (exported unless ``--weights`` names others)."""
 
     def wrap(factory: Callable[[], Any]) -> Callable[[], Any]:
         if spec.name in ZOO or spec.name in ENSEMBLES:
             raise UsageError(f"zoo model {spec.name!r} is registered twice")
-        ZOO[spec.name] = ZooEntry(spec, f"{factory.__module__}:{factory.__name__}")
+        shipped = f"{weights.__module__}:{weights.__name__}" if weights else None
+        ZOO[spec.name] = ZooEntry(spec, f"{factory.__module__}:{factory.__name__}", shipped)
         return factory
 
     return wrap

@@ -98,7 +98,9 @@ def open_runner(
     if concrete is Backend.TENSORRT:
         from batchforge.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner.from_artifacts(artifacts, precision, spec=spec)
+        runner: Runner = TensorRTRunner.from_artifacts(artifacts, precision, spec=spec)
+        runner.dim_ranges = spec.dim_ranges()
+        return runner
     path = artifacts.verified_onnx(precision)
     providers, provider_options = ort_provider_setup(artifacts, spec, precision, concrete)
     # a model optimised by `batchforge build --backend onnxruntime` for this exact onnxruntime
@@ -111,19 +113,17 @@ def open_runner(
                          intra_op_threads=threads, graph_optimization=level,
                          disabled_optimizers=disabled_optimizers(precision, concrete, level,
                                                                  built=built is not None))
-    return OnnxRuntimeRunner(built or path, profile=spec.profile, options=options,
-                             name=f"{spec.name}:{precision.value}:{concrete.value}"
-                                  + (":built" if built else ""))
+    runner = OnnxRuntimeRunner(built or path, profile=spec.profile, options=options,
+                               name=f"{spec.name}:{precision.value}:{concrete.value}"
+                                    + (":built" if built else ""))
+    runner.dim_ranges = spec.dim_ranges()
+    return runner
 
 
 def ort_provider_setup(artifacts: ModelArtifacts, spec: ModelSpec, precision: Precision,
                        backend: Backend) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
     """Providers and provider options for one model on a concrete ONNX Runtime backend."""
-    profile_shapes = [
-        (t.name, (spec.profile.min, *t.item_shape), (spec.profile.opt, *t.item_shape),
-         (spec.profile.max, *t.item_shape))
-        for t in spec.inputs
-    ]
+    profile_shapes = [(t.name, *spec.input_shapes(t)) for t in spec.inputs]
     return provider_chain(
         backend.ort_device,
         trt_cache_dir=str(artifacts.dir / "ort_trt_cache"),

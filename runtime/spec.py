@@ -22,7 +22,8 @@ SUPPORTED_INPUT_DTYPES = ("float32", "float16", "uint8", "int64")
 
 @dataclass(frozen=True)
 class ProfileRange:
-    """The batch sizes an engine serves: TensorRT's min/opt/max optimisation profile."""
+    """The sizes one dynamic dim takes (the batch, or a named dim such as "height"): TensorRT's
+    min/opt/max optimisation profile."""
 
     min: int
     opt: int
@@ -31,7 +32,7 @@ class ProfileRange:
     def __post_init__(self) -> None:
         values = (self.min, self.opt, self.max)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"profile batch sizes must be integers, got {values}")
+            raise ConfigError(f"profile sizes must be integers, got {values}")
         if not 1 <= self.min <= self.opt <= self.max:
             raise ConfigError(
                 f"profile must satisfy 1 <= min <= opt <= max, got min={self.min} "
@@ -126,14 +127,43 @@ class ModelSpec:
     preprocess: Preprocess | None = None
     postprocess: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    # named non-batch dims ("height", "width") -> the sizes they take: min/opt/max like the batch
+    # profile. Every dim named here is dynamic in the ONNX graph, checked at export at several
+    # sizes, set in TensorRT profiles and validated by the runners.
+    dims: Mapping[str, ProfileRange] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.inputs or not self.outputs:
             raise ConfigError(f"model {self.name!r} needs at least one input and one output")
+        named = {d for t in self.inputs for d in t.item_shape if isinstance(d, str)}
+        unused = sorted(set(self.dims) - named)
+        if unused:
+            raise ConfigError(f"model {self.name!r}: dims {unused} are given ranges but no input shape "
+                              f"names them (named dims: {sorted(named) or 'none'})")
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.inputs)
+
+    def input_shapes(self, tensor: TensorSpec, profile: ProfileRange | None = None
+                     ) -> tuple[tuple[int | str, ...], tuple[int | str, ...], tuple[int | str, ...]]:
+        """(min, opt, max) shapes of ``tensor``: the batch from ``profile`` (default: the spec's),
+        each named dim from ``dims``; a named dim without a range stays its name."""
+        profile = profile or self.profile
+
+        def shape(pick: str) -> tuple[int | str, ...]:
+            item = tuple(getattr(self.dims[d], pick) if isinstance(d, str) and d in self.dims else d
+                         for d in tensor.item_shape)
+            return (getattr(profile, pick), *item)
+
+        return shape("min"), shape("opt"), shape("max")
+
+    def dim_ranges(self) -> dict[str, dict[int, tuple[str, ProfileRange]]]:
+        """input name -> axis -> (dim name, range) of every named dim with a range (runners
+        validate fed sizes against them)."""
+        return {t.name: {axis: (d, self.dims[d]) for axis, d in enumerate(t.shape)
+                         if axis > 0 and isinstance(d, str) and d in self.dims}
+                for t in self.inputs if any(isinstance(d, str) and d in self.dims for d in t.item_shape)}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as values, tuples as lists)."""
@@ -183,11 +213,27 @@ def parse_model_spec(data: Any, root: str = "") -> tuple[ModelSpec | None, list[
     if data.get("preprocess") is not None:
         preprocess, found = _parse_section(data["preprocess"], f"{root}preprocess", Preprocess, _preprocess)
     problems += found
+    dims, found = _parse_dims(data.get("dims", {}), f"{root}dims")
+    problems += found
     if problems:
         return None, problems
-    return ModelSpec(name=data["name"], family=data["family"], inputs=inputs, outputs=outputs,
-                     profile=profile, preprocess=preprocess, postprocess=dict(data.get("postprocess", {})),
-                     description=data.get("description", "")), []
+    return _built(root.rstrip(".") or "model spec", lambda: ModelSpec(
+        name=data["name"], family=data["family"], inputs=inputs, outputs=outputs, profile=profile,
+        preprocess=preprocess, postprocess=dict(data.get("postprocess", {})),
+        description=data.get("description", ""), dims=dims))
+
+
+def _parse_dims(data: Any, path: str) -> tuple[dict[str, ProfileRange], list[str]]:
+    if not isinstance(data, Mapping):
+        return {}, [f'{path}: expected an object like {{"height": {{"min": 12, "opt": 240, "max": 1024}}}}, '
+                    f"got {type(data).__name__}"]
+    dims, problems = {}, []
+    for name, value in data.items():
+        found = _parse_section(value, f"{path}.{name}", ProfileRange, lambda d: ProfileRange(**d))
+        if found[0] is not None:
+            dims[str(name)] = found[0]
+        problems += found[1]
+    return dims, problems
 
 
 def _preprocess(data: Mapping[str, Any]) -> Preprocess:
@@ -314,12 +360,13 @@ def parse_options(cls: type, data: Mapping[str, Any] | None, what: str) -> Any:
 @dataclass(frozen=True)
 class EnsembleMember:
     model: str
-    weight: float
+    weight: float | None  # None: a stage of a multi-stage pipeline (mtcnn), nothing is fused
 
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """Several exported models whose outputs are fused (e.g. the reid ensemble).
+    """Several exported models whose outputs are fused (e.g. the reid ensemble), or the stages of
+    one pipeline in order (mtcnn: every weight None).
 
     Stored as ``<output-dir>/<name>/ensemble.json``; members are ordinary model artifacts.
     """
@@ -332,14 +379,16 @@ class EnsembleSpec:
 
     def __post_init__(self) -> None:
         weights = [m.weight for m in self.members]
-        if not self.members or min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
+        if self.members and all(w is None for w in weights):
+            return
+        if not self.members or None in weights or min(weights) < 0 or abs(sum(weights) - 1.0) > 1e-6:
             raise ConfigError(
                 f"ensemble {self.name!r} needs members with weights >= 0 summing to 1, got {weights}"
             )
 
     @property
     def weights(self) -> tuple[float, ...]:
-        return tuple(m.weight for m in self.members)
+        return tuple(float(m.weight) for m in self.members if m.weight is not None)
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -354,7 +403,8 @@ class EnsembleSpec:
         members = []
         for item in data["members"]:
             _check_keys("ensemble member", item, EnsembleMember)
-            members.append(EnsembleMember(str(item["model"]), float(item["weight"])))
+            weight = item["weight"]
+            members.append(EnsembleMember(str(item["model"]), None if weight is None else float(weight)))
         return cls(
             name=data["name"], family=data["family"], members=tuple(members),
             postprocess=dict(data.get("postprocess", {})), description=data.get("description", ""),

@@ -35,6 +35,7 @@ def validate_feed(
     feed: Mapping[str, object],
     expected: Mapping[str, IOMeta],
     profile: ProfileRange | None,
+    dim_ranges: Mapping[str, Mapping[int, tuple[str, ProfileRange]]] | None = None,
 ) -> int:
     """Checks a feed dict against the runner's inputs and profile.
 
@@ -42,6 +43,8 @@ def validate_feed(
         feed: input name -> array (leading dim is the batch).
         expected: input name -> IOMeta.
         profile: the batch range the runner serves, or None for any batch >= 1.
+        dim_ranges: input name -> axis -> (dim name, range) of the named dims the engine serves
+            (``ModelSpec.dim_ranges``); sizes outside are refused.
     Returns:
         The batch size.
     Raises:
@@ -87,6 +90,12 @@ def validate_feed(
                     f"input {name!r}: dim {axis} expected {want}, got {got} "
                     f"(expected shape {_fmt_shape(meta.shape)}, got {value.shape})"
                 )
+        for axis, (dim, allowed) in (dim_ranges or {}).get(name, {}).items():
+            if not allowed.min <= value.shape[axis] <= allowed.max:
+                raise InputValidationError(
+                    f"input {name!r}: {dim} (dim {axis}) expected {allowed.min}..{allowed.max}, got "
+                    f"{value.shape[axis]} (shape {value.shape})",
+                    hint=f"resize the input into the {dim} range the engine was exported and built for")
         if batch is None:
             batch = value.shape[0]
         elif value.shape[0] != batch:

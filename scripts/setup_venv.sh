@@ -15,5 +15,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip -c constraints.txt >&2
   # every version from the lock; torch/torchvision are also pinned in pyproject (2.14.1 / 0.29.1)
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[cpu,export,dev]" >&2
+  # the MTCNN weights and reference detector; its metadata pins torch<2.3 and numpy<2 (it runs
+  # with the locked ones), so it comes without dependencies, on the export/parity side only
+  .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt facenet-pytorch==2.6.0 >&2
   echo "$want" > "$stamp"
 fi

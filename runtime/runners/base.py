@@ -24,6 +24,8 @@ class Runner(abc.ABC):
     def __init__(self, *, name: str, profile: ProfileRange | None = None) -> None:
         self.name = name
         self.profile = profile
+        # named dims with ranges (P-Net's height/width): set from the spec by open_runner
+        self.dim_ranges: dict[str, dict[int, tuple[str, ProfileRange]]] = {}
         self.is_active = False
         self._input_meta: dict[str, IOMeta] | None = None
 
@@ -70,7 +72,7 @@ class Runner(abc.ABC):
             InputValidationError for a feed that does not match the model.
         """
         self._require_active("infer")
-        validate_feed(feed, self.input_metadata(), self.profile)
+        validate_feed(feed, self.input_metadata(), self.profile, self.dim_ranges)
         return self.infer_impl(dict(feed))
 
     def _require_active(self, what: str) -> None:
