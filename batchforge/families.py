@@ -103,7 +103,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            f"{_PA}.keypoints", zoo=(f"{_EX}.zoo.keypoints",), outputs=1),
     Family("ptycho", f"{_RT}.ptycho:PtychoPipeline", f"{_EX}.samples.ptycho:sample_patterns",
            f"{_PA}.ptycho", zoo=(f"{_EX}.zoo.ptycho",), image_input=False, outputs=2),
-    Family("mtcnn", f"{_RT}.mtcnn:MtcnnStagePipeline", f"{_EX}.samples.mtcnn:photographs", f"{_PA}.mtcnn",
+    Family("mtcnn", f"{_RT}.mtcnn:MtcnnStagePipeline", f"{_EX}.samples.mtcnn:sample_images", f"{_PA}.mtcnn",
            zoo=(f"{_EX}.zoo.mtcnn",), ensemble_pipeline=f"{_RT}.mtcnn:MtcnnPipeline", image_input=False,
            outputs=None),
     Family("tensors", f"{_RT}.tensors:TensorsPipeline", f"{_EX}.samples.reid:sample_images", f"{_PA}.tensors",

@@ -273,57 +273,68 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
         },
     },
     # mtcnn: trained networks (facenet-pytorch's weights) on real photographs. Stage rows judge
-    # each network's raw outputs against PyTorch; detector rows judge the runtime's three-stage
-    # pipeline against facenet-pytorch's own MTCNN.detect() (parity/mtcnn.py). Probabilities are
-    # in 0..1, landmarks and boxes in original pixels (photographs of 240x320..512x512).
+    # each network's raw outputs against PyTorch (offsets and landmarks are fractions of a box,
+    # |.| <= 0.9; face logits |.| <= 12.9 on the evaluation inputs); detector rows ("face_*",
+    # "matched_iou_min", "detect_*", "landmark_px_max") judge the runtime's three-stage pipeline
+    # against facenet-pytorch's own MTCNN.detect() in original pixels (parity/mtcnn.py).
     "mtcnn": {
         FP32: {
             "raw_cosine": at_least(0.99999, SPEC),
-            "raw_max_rel": at_most(1e-4, "TUNE"),
-            "face_prob_abs_max": at_most(1e-4, "TUNE"),
-            "threshold_agreement": at_least(1.0, "TUNE"),
-            "landmark_crop_px_max": at_most(0.01, "TUNE"),
+            "raw_max_rel": at_most(1e-4, "ORT CPU vs torch CPU measured 1.8e-6 (the export check's tier)"),
+            "face_prob_abs_max": at_most(1e-4, SPEC + " (detection score); measured 2.0e-6"),
+            "threshold_agreement": at_least(1.0, "measured 1.0: every probability on the same side of its "
+                                                 "stage's threshold"),
+            "landmark_crop_px_max": at_most(0.01, SPEC + " (keypoints px); measured 2.9e-5"),
+            "batch_face_logit_max_abs": at_most(1e-5, SPEC + "; measured exactly equal"),
             "batch_max_abs": at_most(1e-5, SPEC),
-            "face_recall": at_least(1.0, SPEC),
-            "face_precision": at_least(1.0, "TUNE"),
-            "matched_iou_min": at_least(0.999, SPEC),
-            "detect_prob_abs_max": at_most(1e-4, SPEC),
-            "landmark_px_max": at_most(0.01, "TUNE"),
-            "batch_boxes_max_abs": at_most(1e-5, SPEC),
-            "batch_probs_max_abs": at_most(1e-6, SPEC),
-            "batch_landmarks_max_abs": at_most(1e-4, SPEC),
+            "face_recall": at_least(1.0, SPEC + "; measured 18 of 18 reference faces"),
+            "face_precision": at_least(1.0, "the mirror of recall; measured 18 of 18"),
+            "matched_iou_min": at_least(0.999, SPEC + "; measured 0.999999 (the same area resampling "
+                                                "as facenet-pytorch: runtime/post/mtcnn.py)"),
+            "detect_prob_abs_max": at_most(1e-4, SPEC + "; measured 3.0e-7"),
+            "landmark_px_max": at_most(0.01, SPEC + " (keypoints px); measured 4.3e-5"),
+            "detect_batch_boxes_max_abs": at_most(1e-5, SPEC + "; measured exactly equal"),
+            "detect_batch_probs_max_abs": at_most(1e-6, SPEC + "; measured exactly equal"),
+            "detect_batch_landmarks_max_abs": at_most(1e-4, SPEC + "; measured exactly equal"),
         },
         FP16: {
             "raw_cosine": at_least(0.9995, SPEC),
-            "raw_max_rel": at_most(2e-2, "TUNE"),
-            "face_prob_abs_max": at_most(0.01, "TUNE"),
-            "threshold_agreement": at_least(0.99, "TUNE"),
-            "landmark_crop_px_max": at_most(0.5, "TUNE"),
-            "batch_max_abs": at_most(1e-3, SPEC),
+            "raw_max_rel": at_most(2e-2, "fp16 rounding over 5-8 layers; measured 4.2e-3 (O-Net offsets)"),
+            "face_prob_abs_max": at_most(0.01, SPEC + " (detection score); measured 1.4e-3"),
+            "threshold_agreement": at_least(0.99, "SPEC fp16 recall tier; measured 1.0"),
+            "landmark_crop_px_max": at_most(0.5, SPEC + " (keypoints px); measured 0.035"),
+            "batch_face_logit_max_abs": at_most(0.013, "SPEC 1e-3 rel of logits up to 12.9; measured "
+                                                       "3.9e-3 = one fp16 step at |logit| 4..8"),
+            "batch_max_abs": at_most(1e-3, SPEC + " (offsets and landmarks are fractions <= 0.9)"),
             "face_recall": at_least(0.99, SPEC),
-            "face_precision": at_least(0.99, "TUNE"),
-            "matched_iou_min": at_least(0.98, SPEC),
-            "detect_prob_abs_max": at_most(0.01, SPEC),
-            "landmark_px_max": at_most(0.5, "TUNE"),
-            "batch_boxes_max_abs": at_most(0.5, "TUNE"),
-            "batch_probs_max_abs": at_most(1e-3, "TUNE"),
-            "batch_landmarks_max_abs": at_most(0.5, "TUNE"),
+            "face_precision": at_least(0.99, "the mirror of recall"),
+            "matched_iou_min": at_least(0.98, SPEC + ". Measured 0.971 -- fails, not loosened: see "
+                                                "KNOWN_FAILURES"),
+            "detect_prob_abs_max": at_most(0.01, SPEC + "; measured 2.6e-3"),
+            "landmark_px_max": at_most(0.5, SPEC + " (keypoints px). Measured 0.87 -- fails with the "
+                                                "IoU, same cause"),
+            "detect_batch_boxes_max_abs": at_most(0.5, "SPEC 1e-3 rel of 512 px photographs; measured "
+                                                       "exactly equal"),
+            "detect_batch_probs_max_abs": at_most(1e-3, SPEC),
+            "detect_batch_landmarks_max_abs": at_most(0.5, "SPEC 1e-3 rel of 512 px photographs"),
         },
         INT8: {
             "raw_cosine": at_least(0.98, SPEC),
-            "raw_max_rel": at_most(0.25, "TUNE"),
-            "face_prob_abs_max": at_most(0.05, "TUNE"),
-            "threshold_agreement": at_least(0.95, "TUNE"),
-            "landmark_crop_px_max": at_most(2.0, "TUNE"),
-            "batch_max_abs": at_most(1e-2, SPEC),
+            "raw_max_rel": at_most(0.25, "per-tensor int8 activations, as reid; measured 0.20 (P-Net logit)"),
+            "face_prob_abs_max": at_most(0.05, SPEC + " (detection score). Measured 0.20 (P-Net), 0.058 "
+                                                "(O-Net) -- fail, not loosened: see KNOWN_FAILURES"),
+            "threshold_agreement": at_least(0.95, "SPEC int8 recall tier; measured 0.9993 (P-Net)"),
+            "landmark_crop_px_max": at_most(2.0, SPEC + " (keypoints px). Measured 3.1 -- fails"),
+            "batch_face_logit_max_abs": at_most(0.13, "SPEC 1e-2 rel of logits up to 12.9; measured 0.063"),
+            "batch_max_abs": at_most(1e-2, SPEC + " (offsets and landmarks are fractions <= 0.9)"),
             "face_recall": at_least(0.9, SPEC),
-            "face_precision": at_least(0.9, "TUNE"),
-            "matched_iou_min": at_least(0.9, SPEC),
-            "detect_prob_abs_max": at_most(0.05, SPEC),
-            "landmark_px_max": at_most(2.0, "TUNE"),
-            "batch_boxes_max_abs": at_most(5.0, "TUNE"),
-            "batch_probs_max_abs": at_most(1e-2, "TUNE"),
-            "batch_landmarks_max_abs": at_most(5.0, "TUNE"),
+            "face_precision": at_least(0.9, "the mirror of recall"),
+            "matched_iou_min": at_least(0.9, SPEC + ". Measured 0.873 -- fails, not loosened"),
+            "detect_prob_abs_max": at_most(0.05, SPEC + "; measured 0.011"),
+            "landmark_px_max": at_most(2.0, SPEC + " (keypoints px). Measured 3.05 -- fails"),
+            "detect_batch_boxes_max_abs": at_most(5.0, "SPEC 1e-2 rel of 512 px photographs"),
+            "detect_batch_probs_max_abs": at_most(1e-2, SPEC),
+            "detect_batch_landmarks_max_abs": at_most(5.0, "SPEC 1e-2 rel of 512 px photographs"),
         },
     },
     # ptycho: the stitched object (complex, |.| <= 1) against the reference path; amplitude in
@@ -415,8 +426,12 @@ def limits_for(family: str, precision: Precision) -> dict[str, Limit]:
         ) from None
 
 
-# Zoo model/precision runs that are measured to fail with the zoo's seeded stand-in weights. They
-# still run and are reported in full; they count as failures unless ``--allow-known-failures``
+# Zoo model/precision runs that are measured to fail: with the zoo's seeded stand-in weights, and
+# (mtcnn) with trained weights. The trained MTCNN networks pass every fp16 stage check with room
+# (raw max_rel <= 4.2e-3) where the stand-ins' keypoints fail theirs on flat untrained heatmaps,
+# which supports the stand-in reasons below for fp16; at int8 the trained networks fail too
+# (per-tensor activations, no node kept by sensitivity), so an int8 failure is not by itself a
+# sign of the stand-in init. They still run and are reported in full; they count as failures unless ``--allow-known-failures``
 # (the main job and CI pass it, so these show as KNOWN in the summary instead of blocking the
 # gate). A run listed here that passes says so, so the entry can be removed. The tiers are not
 # loosened for them.
@@ -436,6 +451,23 @@ KNOWN_FAILURES: dict[tuple[str, Precision], str] = {
     ("keypoints", INT8): "raw heatmap cosine 0.949 with 16 convs kept FP32 (0.59 all-int8); every joint "
                          "ambiguous at the int8 tier and 142 px worst (engine peaks outside the tied "
                          "cells). " + _MOBILENET,
+    # MTCNN carries trained weights: these are the precision ladder's own failures, not a stand-in's
+    ("mtcnn", FP16): "every network passes its fp16 stage checks (raw max_rel <= 4.2e-3), but the detector's "
+                     "matched IoU min is 0.971 and a landmark 0.87 px off: every P-Net candidate has an fp32 "
+                     "twin at IoU > 0.99, then the last 'Min' NMS chooses between two O-Net boxes of one face "
+                     "whose probabilities are 3.7e-4 apart in fp32 (0.9987 vs 0.9984, the boxes at IoU 0.957): "
+                     "a sub-pixel shift of a crop edge reorders them. Emitting logits instead of fp16 "
+                     "softmax outputs fixed the O-Net share (fp16 O-Net alone: 0.957 -> 0.9996); fp16 P-Net "
+                     "alone still gives 0.971. A tie-aware match (SPEC 8) needs the reference's pre-NMS "
+                     "candidates, which facenet-pytorch's detect() does not expose",
+    ("mtcnn_pnet", INT8): "face probability abs max 0.20 (raw logit max_rel 0.20) on 79350 cells, threshold "
+                          "agreement 0.9993: per-tensor int8 of a 5-layer net with no node left to keep in FP32 "
+                          "(the sensitivity search kept none)",
+    ("mtcnn_onet", INT8): "face probability abs max 0.058 and landmarks 3.1 px of the 48 px crop (raw cosine "
+                          ">= 0.994): per-tensor int8 activations of the dense layers",
+    ("mtcnn", INT8): "matched IoU min 0.873, landmarks 3.05 px (recall and precision 1.0): int8 P-Net alone "
+                     "gives 0.925, R-Net alone 0.924, O-Net alone 0.961 -- each stage's int8 error moves the "
+                     "crops of the next, and the near-tied candidates of the fp16 entry flip",
     ("reid_efficientnet_b3", INT8): "embedding cosine min 0.953 (raw max_rel 0.28) with 16 nodes kept "
                                     "FP32 (calibration-set output cosine min 0.965 / mean 0.984, 0.816 "
                                     "all-int8; measured with the RNG-independent BatchNorm init); "

@@ -30,6 +30,7 @@ from batchforge.parity.report import Check
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext, ParitySession, ReferenceRun
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.loading import load_pipeline
+from batchforge.runtime.post import mtcnn as post
 from batchforge.runtime.results import Result
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec
 from batchforge.tolerances import limits_for
@@ -86,7 +87,8 @@ class MtcnnParity(FamilyParity):
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:
         stage = str(ctx.spec.postprocess.get("stage", "pnet"))
-        ref, eng = ctx.reference.raw["face_prob"], ctx.engine.raw["face_prob"]
+        ref = torch.sigmoid(torch.from_numpy(ctx.reference.raw["face_logit"]).double()).numpy()
+        eng = post.face_probability(ctx.engine.raw["face_logit"])
         cut = THRESHOLDS[stage]
         agree = float(np.mean((ref > cut) == (eng > cut)))
         checks = [Check("face_prob_abs_max", float(np.max(np.abs(ref - eng))), ctx.limits["face_prob_abs_max"],
@@ -166,8 +168,8 @@ def detector_checks(reference: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
 def batch_checks(batched: Sequence[Result], sequential: Sequence[Result], limits: dict[str, Any]) -> list[Check]:
     """The batch run against each image run alone: the same faces (count) and values."""
     checks = []
-    for field, key in (("boxes", "batch_boxes_max_abs"), ("probs", "batch_probs_max_abs"),
-                       ("landmarks", "batch_landmarks_max_abs")):
+    for field, key in (("boxes", "detect_batch_boxes_max_abs"), ("probs", "detect_batch_probs_max_abs"),
+                       ("landmarks", "detect_batch_landmarks_max_abs")):
         worst = 0.0
         for a, b in zip(batched, sequential):
             x, y = getattr(a, field), getattr(b, field)

@@ -72,6 +72,27 @@ def photographs(count: int, seed: int) -> list[tuple[str, np.ndarray]]:
     return [(name, np.ascontiguousarray(image)) for name, image in items]
 
 
+def sample_images(count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """The family's samples (``batchforge samples mtcnn``; the main job's run and calibration
+    sets): LFW mosaics from ``seed`` alternating with single LFW crops (faces and non-faces,
+    upscaled to 72x72). The astronaut and the cameraman are left out: they are the evaluation's
+    own photographs, so INT8 is never calibrated on the images it is judged on."""
+    import cv2
+
+    faces, others = lfw_crops()
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(count):
+        if i % 3 == 0:
+            items.append((f"lfw_mosaic_{seed}_{i}", mosaic(seed * 1000 + i)))
+            continue
+        pool, kind = (faces, "face") if i % 3 == 1 else (others, "other")
+        j = int(rng.integers(len(pool)))
+        crop = cv2.resize(pool[j].astype(np.float32), (72, 72), interpolation=cv2.INTER_CUBIC)
+        items.append((f"lfw_{kind}_{seed}_{i}_{j}", np.clip(crop + 0.5, 0, 255).astype(np.uint8)))
+    return items
+
+
 def stage_inputs(stage: str, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
     """Real inputs of one MTCNN network: P-Net gets photographs area-resized to its opt size
     (a pyramid level), R-Net/O-Net get face and non-face LFW crops resized to 24/48."""

@@ -41,12 +41,14 @@ class StageOptions:
 
 @dataclass(frozen=True)
 class StageResult(Result):
-    """One stage's raw outputs for one input (face probability, offsets, landmarks)."""
+    """One stage's raw outputs for one input (offsets, landmarks, face logit) and its face
+    probability."""
 
     outputs: Mapping[str, np.ndarray]
 
     def to_record(self) -> dict[str, Any]:
-        return {**super().to_record(), **{k: v.tolist() for k, v in self.outputs.items()}}
+        return {**super().to_record(), **{k: v.tolist() for k, v in self.outputs.items()},
+                "face_prob": post.face_probability(self.outputs["face_logit"]).tolist()}
 
 
 @dataclass(frozen=True)
@@ -69,22 +71,27 @@ class FacesResult(Result):
 
 
 class MtcnnStagePipeline(Pipeline):
-    """One MTCNN network on RGB images of its input size (any size in P-Net's range): the
-    pixels scaled as the networks expect, raw outputs per image."""
+    """One MTCNN network on its own (``run mtcnn_rnet``, calibration, per-stage parity): each
+    image resized to the network's input, raw outputs per image."""
 
     family = "mtcnn"
     options_type = StageOptions
 
     def __init__(self, spec: ModelSpec, runner: Runner, options: StageOptions | None = None, **kwargs: Any) -> None:
         super().__init__(spec, runner, options, **kwargs)
-        wanted = {"pnet": ("offsets", "face_prob"), "rnet": ("offsets", "face_prob"),
-                  "onet": ("offsets", "landmarks", "face_prob")}[self.options.stage]
+        wanted = {"pnet": ("offsets", "face_logit"), "rnet": ("offsets", "face_logit"),
+                  "onet": ("offsets", "landmarks", "face_logit")}[self.options.stage]
         if tuple(spec.outputs) != wanted:
             raise ConfigError(f"mtcnn {self.options.stage} model {spec.name!r} must have outputs "
                               f"{list(wanted)}, has {list(spec.outputs)}")
 
     def prepare(self, item: np.ndarray, source: str) -> Prepared:
+        """The image area-resampled to the network's input (P-Net: its opt height and width, one
+        pyramid level; an image of that size is taken as it is), scaled as the networks expect."""
         image = to_rgb_uint8(item, source=source, max_pixels=self.max_pixels)
+        height, width = (int(d) for d in self.spec.input_shapes(self.spec.inputs[0])[1][2:4])
+        if image.shape[:2] != (height, width):
+            image = post.resize_area(image, height, width)
         return Prepared(source, {self.spec.inputs[0].name: post.to_network(image)})
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
@@ -171,7 +178,8 @@ class MtcnnPipeline(Pipeline):
             batch = np.stack([post.to_network(post.resize_area(images[i], height, width)) for i in members])
             out = infer_in_chunks(runner, {spec.inputs[0].name: batch}, self.stage_batch(0))
             for j, i in enumerate(members):
-                boxes, extra, _ = post.proposals(out["offsets"][j:j + 1], out["face_prob"][j:j + 1],
+                boxes, extra, _ = post.proposals(out["offsets"][j:j + 1],
+                                                 post.face_probability(out["face_logit"][j:j + 1]),
                                                  scales[i][level], opts.thresholds[0])
                 keep = post.group_nms(boxes, extra[:, 0], np.zeros(len(boxes), np.int64), opts.scale_nms)
                 found.append((np.full(len(keep), i), boxes[keep], extra[keep]))
@@ -203,8 +211,9 @@ class MtcnnPipeline(Pipeline):
             return boxes, index
         opts: post.MtcnnOptions = self.options
         out = self._stage_outputs(1, images, boxes, index, post.RNET_SIZE)
-        passed = out["face_prob"] > opts.thresholds[1]
-        boxes = np.concatenate([boxes[passed, :4], out["face_prob"][passed, None]], axis=1)
+        prob = post.face_probability(out["face_logit"])
+        passed = prob > opts.thresholds[1]
+        boxes = np.concatenate([boxes[passed, :4], prob[passed, None]], axis=1)
         offsets, index = out["offsets"][passed], index[passed]
         keep = post.group_nms(boxes[:, :4], boxes[:, 4], index, opts.rnet_nms)
         boxes, offsets, index = boxes[keep], offsets[keep], index[keep]
@@ -221,8 +230,9 @@ class MtcnnPipeline(Pipeline):
             return empty
         opts: post.MtcnnOptions = self.options
         out = self._stage_outputs(2, images, boxes, index, post.ONET_SIZE)
-        passed = out["face_prob"] > opts.thresholds[2]
-        probs, index = out["face_prob"][passed], index[passed]
+        prob = post.face_probability(out["face_logit"])
+        passed = prob > opts.thresholds[2]
+        probs, index = prob[passed], index[passed]
         landmarks = post.landmarks_to_pixels(boxes[passed, :4], out["landmarks"][passed])
         final = post.regress(boxes[passed, :4], out["offsets"][passed], plus_one=True)
         keep = post.min_overlap_nms(final, probs, index, opts.onet_nms)

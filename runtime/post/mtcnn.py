@@ -106,6 +106,12 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
                      rows.reshape(height, pixels.shape[1], -1))
 
 
+def face_probability(face_logit: np.ndarray) -> np.ndarray:
+    """float32 face probability from the networks' ``face - not face`` logit (the sigmoid of the
+    margin is the two-way softmax), computed in float64."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(face_logit, np.float64)))).astype(np.float32)
+
+
 def proposals(offsets: np.ndarray, face_prob: np.ndarray, scale: float, threshold: float
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P-Net cells at or over ``threshold`` on one level, as boxes in original pixels.
