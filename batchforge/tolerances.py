@@ -431,10 +431,10 @@ def limits_for(family: str, precision: Precision) -> dict[str, Limit]:
 # (raw max_rel <= 4.2e-3) where the stand-ins' keypoints fail theirs on flat untrained heatmaps,
 # which supports the stand-in reasons below for fp16; at int8 the trained networks fail too
 # (per-tensor activations, no node kept by sensitivity), so an int8 failure is not by itself a
-# sign of the stand-in init. They still run and are reported in full; they count as failures unless ``--allow-known-failures``
-# (the main job and CI pass it, so these show as KNOWN in the summary instead of blocking the
-# gate). A run listed here that passes says so, so the entry can be removed. The tiers are not
-# loosened for them.
+# sign of the stand-in init. They still run and are reported in full; they count as failures
+# unless ``--allow-known-failures`` (the main job and CI pass it, so these show as KNOWN in the
+# summary instead of blocking the gate). A run listed here that passes says so, so the entry can
+# be removed. The tiers are not loosened for them.
 _MOBILENET = ("the seeded stand-in init of MobileNet blocks amplifies a relative perturbation by "
               "~1.45x per non-residual block (measured: 5e-4 weight noise -> 2.2e-2 backbone change)")
 KNOWN_FAILURES: dict[tuple[str, Precision], str] = {

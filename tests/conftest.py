@@ -21,15 +21,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 ZOO_GROUPS = {"resnet_artifacts": ("zoo", ("reid_resnet50",)),
               "detection_artifacts": ("detection", ("detector", "facepose")),
               "anomaly_artifacts": ("anomaly", ("anomaly",)),
-              "dense_artifacts": ("dense", ("keypoints", "ptycho"))}
+              "dense_artifacts": ("dense", ("keypoints", "ptycho")),
+              "mtcnn_artifacts": ("mtcnn", ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"))}
 ZOO_USERS = {*ZOO_GROUPS, "resnet_calibrated"}
-ZOO_NEEDED = pytest.StashKey[bool]()
+ZOO_NEEDED = pytest.StashKey[set]()
 
 
 def pytest_collection_modifyitems(config, items):
     uses_zoo = {item.module for item in items if ZOO_USERS & set(getattr(item, "fixturenames", ()))}
     items.sort(key=lambda item: item.module in uses_zoo)  # stable: modules stay whole and in order
-    config.stash[ZOO_NEEDED] = bool(uses_zoo)
+    used = {name for item in items for name in getattr(item, "fixturenames", ())}
+    # only the groups the collected tests use: a targeted run does not wait for the whole zoo
+    config.stash[ZOO_NEEDED] = {g for g in ZOO_GROUPS if g in used} | (
+        {"resnet_artifacts"} if "resnet_calibrated" in used else set())
     gpu_ready, reason = _gpu_ready()
     if gpu_ready:
         return
@@ -92,19 +96,20 @@ def zoo_exports(request, tmp_path_factory):
     """One background ``batchforge export`` per group of ZOO_GROUPS, run one after another (one
     torch thread: the suite keeps the other core), started before the first test when any
     collected test needs them."""
-    if not request.config.stash.get(ZOO_NEEDED, False):
+    needed = request.config.stash.get(ZOO_NEEDED, set())
+    if not needed:
         yield {}
         return
     import shlex
     import signal
 
     root = tmp_path_factory.mktemp("zoo_exports")
-    jobs = {fixture: root / folder for fixture, (folder, _) in ZOO_GROUPS.items()}
+    jobs = {fixture: root / folder for fixture, (folder, _) in ZOO_GROUPS.items() if fixture in needed}
     script = "; ".join(
         f"{shlex.quote(sys.executable)} -m batchforge export {' '.join(models)} --output-dir "
         f"{shlex.quote(str(root / folder / 'artifacts'))} > {shlex.quote(str(root / folder))}.log 2>&1; "
         f"echo $? > {shlex.quote(str(root / folder))}.rc"
-        for folder, models in ZOO_GROUPS.values())
+        for fixture, (folder, models) in ZOO_GROUPS.items() if fixture in needed)
     process = subprocess.Popen(["bash", "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
                                cwd=Path(__file__).resolve().parents[1], start_new_session=True)
     jobs["process"] = process
@@ -175,3 +180,9 @@ def anomaly_artifacts(zoo_exports):
 def dense_artifacts(zoo_exports):
     """keypoints and ptycho exported once."""
     return _export_zoo(zoo_exports, "dense_artifacts")
+
+
+@pytest.fixture(scope="session")
+def mtcnn_artifacts(zoo_exports):
+    """The three MTCNN networks with facenet-pytorch's weights (and the ``mtcnn`` ensemble record)."""
+    return _export_zoo(zoo_exports, "mtcnn_artifacts")
