@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DIR|GLOB")
     p.add_argument("--output", required=True, metavar="FILE.jsonl")
     p.add_argument("--batch-size", type=POSITIVE, metavar="N", help="items per batch (default: profile opt)")
+    p.add_argument("--overlays", metavar="DIR", help="mtcnn, detector, facepose, keypoints: write each image with "
+                                                       "its boxes/landmarks/keypoints drawn (PNG) into DIR")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, fp16 or int8 (default: fp32, or the bundle's)")
     p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
     p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")

@@ -95,6 +95,11 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
         if args.infer_config:
             config.check_model(args.model)
     sources = _sources(args.input, pipeline.input_suffixes)
+    overlays = None
+    if getattr(args, "overlays", None):
+        from batchforge.runtime.overlays import OverlayWriter
+
+        overlays = OverlayWriter(args.overlays, pipeline.family)
     if executor is None:
         side_outputs = pipeline.place_side_outputs(Path(args.output))
         if side_outputs is not None:
@@ -109,6 +114,8 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
     with terminate_as_interrupt(), context, JsonlWriter(args.output) as writer:
         for result in progress(results, desc=args.model, total=len(sources)):
             writer.write(result)
+            if overlays is not None and isinstance(result, Result):
+                overlays.write(result)
             record = result.to_record() if isinstance(result, Result) else result
             if record.get("ok") is False:
                 errors += 1
@@ -116,7 +123,7 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
     seconds = time.perf_counter() - start
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
           f"record(s), {len(sources) / seconds:.1f} items/s on {backend if executor is None else 'ray'} "
-          f"-> {args.output}")
+          f"-> {args.output}" + (f"; {overlays.written} overlay(s) -> {args.overlays}" if overlays else ""))
     return 1 if errors else 0
 
 

@@ -67,3 +67,25 @@ def test_area_resampling_matches_torch_area_mode():
         want = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size,
                                                mode="area")[0].permute(1, 2, 0).numpy()
         assert np.abs(post.resize_area(image, *size) - want).max() < 1e-3
+
+
+def test_overlays_draw_the_found_face_and_nothing_partial(mtcnn_artifacts, astronaut, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image(images / "astronaut.png", astronaut)
+    (images / "broken.png").write_bytes(b"not a png")
+    overlays = tmp_path / "overlays"
+    code = main(["run", "mtcnn", "--input", str(images), "--output", str(tmp_path / "faces.jsonl"),
+                 "--output-dir", str(mtcnn_artifacts), "--backend", "onnxruntime", "--overlays", str(overlays)])
+    assert code == 1  # the broken file is an error record, and gets no overlay
+    assert sorted(p.name for p in overlays.iterdir()) == ["astronaut.png"]
+    from batchforge.runtime.images import read_image
+
+    drawn = read_image(overlays / "astronaut.png")
+    record = json.loads((tmp_path / "faces.jsonl").read_text().splitlines()[0])
+    x0, y0, x1, y1 = (round(v) for v in record["faces"][0]["box"])
+    changed = np.any(drawn != astronaut, axis=-1)
+    assert changed[y0, x0 + 5:x1 - 5].all() and changed[y1, x0 + 5:x1 - 5].all()  # the box's edges
+    for x, y in record["faces"][0]["landmarks"]:
+        assert tuple(drawn[round(y), round(x)]) == (255, 0, 0)  # each landmark's dot
+    assert changed.mean() < 0.05  # the rest of the photograph is untouched
