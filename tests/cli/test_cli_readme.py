@@ -43,10 +43,10 @@ def test_quick_tour_and_python_api_run(resnet_calibrated, tmp_path, monkeypatch,
     assert os.path.isfile("reports/parity.md")
 
 
-def test_per_family_examples_run(detection_artifacts, anomaly_artifacts, dense_artifacts, tmp_path,
-                                 monkeypatch, capsys):
+def test_per_family_examples_run(detection_artifacts, anomaly_artifacts, dense_artifacts, mtcnn_artifacts,
+                                 tmp_path, monkeypatch, capsys):
     """The README's per-family block, line by line, with its infer_config.json example."""
-    for root in (detection_artifacts, anomaly_artifacts, dense_artifacts):
+    for root in (detection_artifacts, anomaly_artifacts, dense_artifacts, mtcnn_artifacts):
         shutil.copytree(root, tmp_path / "artifacts", dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     config = next(b for b in blocks("json") if '"schema_version"' in b)
@@ -64,6 +64,7 @@ def test_per_family_examples_run(detection_artifacts, anomaly_artifacts, dense_a
         else:
             assert main(command[1:]) == 0, line
         ran.append(command[1] if command[0] == "batchforge" else "script")
-    assert ran.count("run") == 5 and "validate-config" in ran
+    assert ran.count("run") == 6 and "validate-config" in ran
+    assert len(list(Path("overlays").glob("*.png"))) == 4  # one overlay per mtcnn sample
     assert Path("ptycho.objects/demo.object.npy").is_file()
     assert len(Path("animals.jsonl").read_text().splitlines()) == 8

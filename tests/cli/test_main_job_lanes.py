@@ -46,3 +46,10 @@ def test_balanced_lanes_split_the_measured_cost_evenly_and_keep_every_model(main
     assert max(totals) - min(totals) <= min(costs.values()) + median  # within one small model
     (single,) = main_job.balanced(models, "convert", 1)
     assert sorted(single) == sorted(m["name"] for m in models) and single[0] == "reid_vit_b_16"
+
+
+def test_the_costlier_ensemble_gets_the_own_lane(main_job):
+    both = [{"name": "mtcnn", "ensemble": {"mtcnn_pnet": None}}, *ENSEMBLES]
+    models = [*MODELS, {"name": "mtcnn_pnet"}]
+    assert main_job.lanes(models, both, 2)[0] == ["reid_ensemble"]
+    assert "mtcnn" in main_job.lanes(models, both, 2)[1]
