@@ -36,7 +36,7 @@ def test_every_structural_problem_is_one_line_with_its_path(tmp_path, capsys):
     assert code == 2
     assert lines[:-1] == [
         "unknown key 'spec.colour' (known: name, family, inputs, outputs, profile, preprocess, postprocess, "
-        "description)",
+        "description, dims)",
         "spec.inputs[0].name: expected a non-empty string, got ''",
         "spec.inputs[1]: input 'mask' must have 'batch' as its first dim, got (1, 32, 32)",
         "spec.outputs: output names must be unique, 'embedding' is given 2 times",
