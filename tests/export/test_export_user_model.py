@@ -149,5 +149,5 @@ def test_unknown_family_exits_2_listing_the_known_ones(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown family 'classifier'" in err[0], err
-    assert "known families: anomaly, detector, facepose, keypoints, ptycho, reid" in err[0]
+    assert "known families: anomaly, detector, facepose, keypoints, mtcnn, ptycho, reid" in err[0]
     assert not (tmp_path / "artifacts").exists()
