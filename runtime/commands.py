@@ -115,7 +115,9 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
         context = contextlib.nullcontext()
     errors = 0
     start = time.perf_counter()
-    with terminate_as_interrupt(), context, JsonlWriter(args.output) as writer:
+    # closing the stream stops the pipeline's threads at once when the run is interrupted
+    stream: Any = contextlib.closing(results) if hasattr(results, "close") else contextlib.nullcontext()
+    with terminate_as_interrupt(), context, stream, JsonlWriter(args.output) as writer:
         for result in progress(results, desc=args.model, total=len(sources)):
             record = writer.write(result)  # what was written (a non-finite result becomes an error record)
             if record.get("ok") is False:

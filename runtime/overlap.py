@@ -14,13 +14,14 @@ so the results are identical; every input gets exactly one result, in order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,50 @@ def _run_inline(pipeline: Pipeline, sources: Sequence[str], size: int, workers: 
     profile.finish(counter[0])
 
 
+class _PreparePool:
+    """Daemon threads running ``fn(source)``: unlike ThreadPoolExecutor's, a worker stuck in a slow
+    read never holds up the end of the process after an interrupt."""
+
+    def __init__(self, workers: int, fn: Callable[[str], Result | Prepared]) -> None:
+        self.fn = fn
+        self.jobs: queue.SimpleQueue[tuple[Future[Result | Prepared], str] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"batchforge-prepare-{i}", daemon=True)
+                        for i in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, source: str) -> Future[Result | Prepared]:
+        future: Future[Result | Prepared] = Future()
+        self.jobs.put((future, source))
+        return future
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            future, source = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.fn(source))
+            except BaseException as exc:  # safe_prepare makes records of input errors; anything else is raised
+                future.set_exception(exc)
+
+    def shutdown(self, wait_s: float = 2.0) -> None:
+        """Ends every worker after its current job (queued jobs are dropped), waiting at most
+        ``wait_s`` in all: a worker stuck longer (a hung network read) is left to end as a daemon."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self.threads:
+            self.jobs.put(None)
+        deadline = time.monotonic() + wait_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 @dataclass(frozen=True)
 class _Failure:
     error: BaseException
@@ -108,7 +153,7 @@ class _Producer(threading.Thread):
     """The inference thread: takes prepared inputs in order from the pool, forms batches, infers
     them and queues (pending, inferred chunks) for the calling thread."""
 
-    def __init__(self, pipeline: Pipeline, sources: Sequence[str], size: int, pool: ThreadPoolExecutor,
+    def __init__(self, pipeline: Pipeline, sources: Sequence[str], size: int, pool: _PreparePool,
                  profile: StageProfile) -> None:
         super().__init__(name="batchforge-infer", daemon=True)
         self.pipeline, self.sources, self.size, self.pool, self.profile = pipeline, sources, size, pool, profile
@@ -140,14 +185,20 @@ class _Producer(threading.Thread):
         pending: list[Result | Prepared] = []
         while not self.stop.is_set():
             for source in sources:
-                window.append(self.pool.submit(self.pipeline.safe_prepare, source))
+                window.append(self.pool.submit(source))
                 if len(window) >= ahead:
                     break
             if not window:
                 return
             start = time.perf_counter()
-            pending.append(window.popleft().result())
+            future = window.popleft()
+            while not self.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    pending.append(future.result(timeout=0.05))
+                    break
             self.profile.wait("infer_waits_for_input", time.perf_counter() - start)
+            if self.stop.is_set():
+                return
             if len(_prepared(pending)) >= self.size or not window:
                 self.put((pending, _infer(self.pipeline, pending, buffers, self.profile)))
                 pending = []
@@ -155,7 +206,7 @@ class _Producer(threading.Thread):
 
 def _run_threaded(pipeline: Pipeline, sources: Sequence[str], size: int, workers: int,
                   profile: StageProfile) -> Iterator[Result]:
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="batchforge-prepare")
+    pool = _PreparePool(workers, pipeline.safe_prepare)
     producer = _Producer(pipeline, sources, size, pool, profile)
     producer.start()
     counter = [0]
@@ -178,4 +229,4 @@ def _run_threaded(pipeline: Pipeline, sources: Sequence[str], size: int, workers
                 producer.out.get_nowait()
             except queue.Empty:
                 producer.join(0.05)
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
