@@ -72,6 +72,8 @@ def to_rgb_uint8(image: np.ndarray, *, source: str = "image", bgr: bool = False,
             hint="convert explicitly, e.g. (array * 255).round().astype(np.uint8)",
         )
     channels = image.shape[2]
+    if bgr and channels == 3:  # OpenCV's swap: the same bytes as the strided copy, a third of the time
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)
     if channels == 1:
         image = np.repeat(image, 3, axis=2)
     elif channels == 4:
