@@ -90,7 +90,7 @@ class Pipeline(abc.ABC):
         self.max_pixels = max_pixels
         self.batch_limit: int | None = None  # caps inference batches below the profile max
         self.allocation_limit: int | None = None  # set when a batch failed to allocate (back-off)
-        self.profile: StageProfile | None = None  # of the last run_sources
+        self.stage_profile: StageProfile | None = None  # of the last run_sources (not the batch ProfileRange)
 
     # lifecycle -------------------------------------------------------------------------
     @property
@@ -122,7 +122,7 @@ class Pipeline(abc.ABC):
     # stages ----------------------------------------------------------------------------
     def load(self, source: str | Path) -> np.ndarray:
         """Reads and decodes one input file (images by default), timing both stages."""
-        profile = self.profile or StageProfile()
+        profile = self.stage_profile or StageProfile()
         with profile.stage("read"):
             data = read_image_bytes(source, max_pixels=self.max_pixels)
         with profile.stage("decode"):
@@ -254,19 +254,19 @@ class Pipeline(abc.ABC):
         workers = default_workers() if workers is None else workers
         if workers < 0:
             raise InputValidationError(f"workers must be >= 0, got {workers}")
-        self.profile = StageProfile(workers)
-        yield from run_overlapped(self, [str(s) for s in sources], size, workers, self.profile)
+        self.stage_profile = StageProfile(workers)
+        yield from run_overlapped(self, [str(s) for s in sources], size, workers, self.stage_profile)
 
     def stats(self) -> dict[str, Any]:
         """Stage profile of the last (or current) ``run_sources``: see ``runtime.profiling``."""
-        if self.profile is None:
+        if self.stage_profile is None:
             raise InputValidationError("no run to report yet: stats() describes the last run_sources()")
-        return self.profile.summary()
+        return self.stage_profile.summary()
 
     def safe_prepare(self, source: str) -> Result | Prepared:
         """One input read and prepared, each step timed; any failure of that input (a decoder's
         own errors included) becomes its error record, so one bad file never costs the others."""
-        profile = self.profile or StageProfile()
+        profile = self.stage_profile or StageProfile()
         try:
             with input_errors(source):
                 if type(self).load is Pipeline.load:  # it times read and decode itself
