@@ -131,14 +131,19 @@ def test_other_inference_errors_still_raise():
     assert not is_allocation_failure(RuntimeError("Invalid rank for input: images"))
 
 
-def test_workers_give_identical_results_and_a_profile(tmp_path):
+def tiny_run(tmp_path, images):
+    """The tiny embedder's artifacts and the images written as PNGs (sorted paths)."""
     artifacts = write_artifact(tmp_path / "artifacts", tiny_embedder_onnx(), tiny_spec())
     folder = tmp_path / "in"
     folder.mkdir()
-    for i, image in enumerate(random_images(11, shape=(9, 14))):
+    for i, image in enumerate(images):
         write_image(folder / f"img{i:02d}.png", image)
-    (folder / "img04.png").write_bytes(b"broken")
-    sources = sorted(folder.iterdir())
+    return artifacts, sorted(folder.iterdir())
+
+
+def test_workers_give_identical_results_and_a_profile(tmp_path):
+    artifacts, sources = tiny_run(tmp_path, random_images(11, shape=(9, 14)))
+    sources[4].write_bytes(b"broken")
     lines = {}
     with open_pipeline(artifacts) as pipe:
         for workers in (0, 1, 3):
@@ -159,14 +164,10 @@ def test_workers_give_identical_results_and_a_profile(tmp_path):
 def test_stopping_early_leaves_no_thread_running(tmp_path):
     import threading
 
-    artifacts = write_artifact(tmp_path / "artifacts", tiny_embedder_onnx(), tiny_spec())
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i, image in enumerate(random_images(30, shape=(9, 9))):
-        write_image(folder / f"img{i:02d}.png", image)
+    artifacts, sources = tiny_run(tmp_path, random_images(30, shape=(9, 9)))
     before = set(threading.enumerate())
     with open_pipeline(artifacts) as pipe:
-        stream = pipe.run_sources(sorted(folder.iterdir()), batch_size=2, workers=2)
+        stream = pipe.run_sources(sources, batch_size=2, workers=2)
         assert next(stream).source.endswith("img00.png")
         stream.close()
     assert set(threading.enumerate()) - before == set()
