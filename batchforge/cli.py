@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, metavar="N", help="items per batch (default: profile opt)")
     p.add_argument("--overlays", metavar="DIR", help="mtcnn, detector, facepose, keypoints: write each image with "
                                                        "its boxes/landmarks/keypoints drawn (PNG) into DIR")
+    p.add_argument("--workers", type=NON_NEGATIVE, metavar="N",
+                   help="threads that read, decode and preprocess ahead of inference; 0 runs every stage "
+                        "on one thread (default: half the cores, 1 to 4); results are the same for any N")
+    p.add_argument("--profile", metavar="FILE.json",
+                   help="write per-stage times (read, decode, preprocess, infer, postprocess, write), "
+                        "queue waits, the bottleneck and items/s; a short table goes to stderr")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, fp16 or int8 (default: fp32, or the bundle's)")
     p.add_argument("--gallery", metavar="FILE.npz", help="reid: match against this gallery")
     p.add_argument("--include-embedding", action="store_true", help="reid: write embeddings too")

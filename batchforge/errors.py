@@ -74,3 +74,25 @@ class InputValidationError(BatchforgeError, ValueError):
 
 class ParityError(BatchforgeError):
     """Parity could not be computed (distinct from a parity check that ran and failed)."""
+
+
+class AllocationError(BatchforgeError):
+    """An inference batch could not allocate its memory even at batch size 1 (per-item record)."""
+
+    exit_code = 1
+
+
+class NonFiniteOutputError(BatchforgeError):
+    """An engine output (or a value derived from it) is NaN or infinite (per-item record)."""
+
+    exit_code = 1
+
+
+class QueueFullError(BatchforgeError):
+    """``DynamicBatcher.submit`` found its bounded queue full: back off and retry, or raise max_queue."""
+
+    exit_code = 1
+
+
+class BatcherClosedError(BatchforgeError):
+    """``DynamicBatcher.submit`` after ``close()``."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from batchforge.runtime.runners.onnxruntime import follow_wait_policy
+
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
@@ -64,6 +66,7 @@ def session(model: onnx.ModelProto, threads: int = 0, *, optimized: bool = False
     options.enable_cpu_mem_arena = False  # every tensor is an output here: nothing to reuse
     if threads:
         options.intra_op_num_threads = threads
+    follow_wait_policy(options)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

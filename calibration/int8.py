@@ -25,14 +25,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from batchforge.calibration.activations import load_model, session
+from batchforge.calibration.activations import load_model, session, with_intermediate_outputs
 from batchforge.calibration.data import CalibrationData, FeedReader
 from batchforge.calibration.ranges import write_ranges
 from batchforge.errors import CalibrationError
@@ -142,16 +142,43 @@ def _output_cosines(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
 
 
 SWITCH = "batchforge_int8_switch"
+SEGMENT_NODES = 4  # switchable nodes per segment of the sensitivity pass (each segment: one session)
 
 
-def switchable_model(reference: onnx.ModelProto,
-                     quantized: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
+def switchable_nodes(reference: onnx.ModelProto, quantized: onnx.ModelProto) -> list[str]:
+    """Names of the reference nodes that ``quantized`` feeds through Q/DQ, in graph order."""
+    by_name = {n.name: n for n in quantized.graph.node}
+    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [node.name for node in reference.graph.node
+            if node.op_type in QUANTIZED_OPS and node.name in by_name
+            and any(i in dequantized for i in by_name[node.name].input)]
+
+
+def cut_tensors(reference: onnx.ModelProto, start: int) -> list[str]:
+    """The tensors that nodes ``start:`` of ``reference`` (and its outputs) read but do not make
+    themselves: the graph inputs and the values made before ``start``, in first-use order."""
+    nodes = reference.graph.node[start:]
+    made = {o for n in nodes for o in n.output}
+    constant = {t.name for t in reference.graph.initializer}
+    wanted = [i for n in nodes for i in n.input] + [o.name for o in reference.graph.output]
+    return list(dict.fromkeys(t for t in wanted if t and t not in made and t not in constant))
+
+
+def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
+                     nodes: Sequence[str] | None = None, start: int = 0,
+                     types: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
     """``reference`` in which each quantized node's inputs can be switched to their int8 values.
 
     The Q/DQ chains feeding the nodes in ``quantized`` (its scales and int8 weights) are copied
     in, and every such input becomes ``x + s[k] * (DQ(Q(x)) - x)`` where ``s`` is the extra
     graph input ``SWITCH`` (float, one entry per node): all zeros computes the FP32 graph, a
-    one-hot ``s`` the graph with only node ``k`` quantized. One session then scores every node.
+    one-hot ``s`` the graph with only node ``k`` quantized. One session then scores all its nodes.
+
+    ``nodes`` limits the switches to those nodes (default: every quantized node). ``start`` keeps
+    only reference nodes ``start:``: the tensors they need from before it (``cut_tensors``) become
+    graph inputs, to be fed their FP32 values (``types``: their ONNX element types, FLOAT when not
+    given). Nodes without a switch compute FP32 exactly as in the all-zeros graph (``x + 0 * d == x``
+    for the finite ``d`` of Q/DQ).
 
     Returns:
         The model and the switchable nodes (``k`` = position in the list).
@@ -160,62 +187,109 @@ def switchable_model(reference: onnx.ModelProto,
 
     producers = {out: n for n in quantized.graph.node for out in n.output}
     by_name = {n.name: n for n in quantized.graph.node}
-    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    selected = set(switchable_nodes(reference, quantized) if nodes is None else nodes)
     out = onnx.ModelProto()
     out.CopyFrom(reference)
-    nodes, switchable, emitted, used = [], [], set(), set()
-    for node in reference.graph.node:
+    body, switchable = [], []
+    for node in reference.graph.node[start:]:
         twin = by_name.get(node.name)
-        if node.op_type in QUANTIZED_OPS and twin is not None and any(i in dequantized for i in twin.input):
+        if node.name in selected and twin is not None:
             k = len(switchable)
             switchable.append(node)
             gate = f"{SWITCH}/{k}"
-            nodes.append(helper.make_node("Gather", [SWITCH, f"{gate}/index"], [gate], axis=0))
+            body.append(helper.make_node("Gather", [SWITCH, f"{gate}/index"], [gate], axis=0))
             out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{gate}/index"))
             mixed_inputs = list(node.input)
             for position, name in enumerate(twin.input):
                 dq = producers.get(name)
                 if dq is None or dq.op_type != "DequantizeLinear":
                     continue
-                q = producers.get(dq.input[0])
-                for link in ([q, dq] if q is not None and q.op_type == "QuantizeLinear" else [dq]):
-                    if link.output[0] not in emitted:
-                        nodes.append(link)
-                        emitted.add(link.output[0])
-                        used.update(link.input)
                 x, mixed = node.input[position], f"{gate}/input{position}"
-                nodes.extend([helper.make_node("Sub", [name, x], [mixed + "/delta"]),
-                              helper.make_node("Mul", [mixed + "/delta", gate], [mixed + "/scaled"]),
-                              helper.make_node("Add", [x, mixed + "/scaled"], [mixed])])
+                # the chain is copied under names of its own: ORT's quantizer may give a DQ output
+                # the name of a graph output that the reference makes itself
+                q = producers.get(dq.input[0])
+                int8_input = dq.input[0]
+                if q is not None and q.op_type == "QuantizeLinear":  # an activation: Q(x) here
+                    int8_input = mixed + "/q"
+                    body.append(helper.make_node("QuantizeLinear", [x, *q.input[1:]], [int8_input],
+                                                 name=int8_input, **_attributes(q)))
+                body.append(helper.make_node("DequantizeLinear", [int8_input, *dq.input[1:]], [mixed + "/dq"],
+                                             name=mixed + "/dq", **_attributes(dq)))
+                body.extend([helper.make_node("Sub", [mixed + "/dq", x], [mixed + "/delta"]),
+                             helper.make_node("Mul", [mixed + "/delta", gate], [mixed + "/scaled"]),
+                             helper.make_node("Add", [x, mixed + "/scaled"], [mixed])])
                 mixed_inputs[position] = mixed
             node = onnx.NodeProto()
             node.CopyFrom(switchable[-1])
             node.ClearField("input")
             node.input.extend(mixed_inputs)
-        nodes.append(node)
-    have = {t.name for t in out.graph.initializer}
-    out.graph.initializer.extend(t for t in quantized.graph.initializer if t.name in used and t.name not in have)
+        body.append(node)
     del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    out.graph.node.extend(body)
+    used = {i for n in body for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name in used]
+    have = {t.name for t in kept}
+    kept += [t for t in quantized.graph.initializer if t.name in used and t.name not in have]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    if start:
+        given = {v.name: v for v in reference.graph.input}
+        del out.graph.input[:]
+        out.graph.input.extend(given[name] if name in given else helper.make_tensor_value_info(
+            name, (types or {}).get(name, onnx.TensorProto.FLOAT), None) for name in cut_tensors(reference, start))
     out.graph.input.append(helper.make_tensor_value_info(SWITCH, onnx.TensorProto.FLOAT, [len(switchable)]))
     return out, switchable
 
 
+def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: CalibrationData) -> list[NodeSensitivity]:
     """Every quantized node's effect on the outputs when quantized alone, largest first
-    (measured, not guessed)."""
-    model, nodes = switchable_model(reference, load_model(quantized_path))
-    feeds = list(data.batches(SENSITIVITY_ITEMS, limit=SENSITIVITY_ITEMS))
-    sess = session(model, optimized=True)
-    switch = np.zeros(len(nodes), np.float32)
-    want = [sess.run(None, {**feed, SWITCH: switch}) for feed in feeds]
+    (measured, not guessed).
+
+    The nodes are scored in segments of ``SEGMENT_NODES`` (graph order): a segment's model starts
+    at its first node and is fed the FP32 values of what it needs from before, computed once, so
+    no node upstream of a segment, and no Q/DQ outside it, is computed again for every switch. The
+    values are those of the single whole switchable model (see ``switchable_model``), at a fraction
+    of its cost (tested against it).
+    """
+    quantized = load_model(quantized_path)
+    names = switchable_nodes(reference, quantized)
+    segments = [names[i:i + SEGMENT_NODES] for i in range(0, len(names), SEGMENT_NODES)]
+    position = {n.name: i for i, n in enumerate(reference.graph.node)}
+    starts = [0] + [position[seg[0]] for seg in segments[1:]]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in reference.graph.node for a in n.attribute):
+        # a control-flow node reads outer tensors its inputs do not name: no cut is safe
+        segments, starts = [names], [0]
+    cuts = {start: cut_tensors(reference, start) for start in starts}
+    outputs = [o.name for o in reference.graph.output]
+    given = {i.name for i in reference.graph.input}
+    needed = list(dict.fromkeys(t for cut in cuts.values() for t in cut if t not in given and t not in outputs))
+    probe = session(with_intermediate_outputs(reference, needed), optimized=True)
+    values = [{**feed, **dict(zip(outputs + needed, probe.run(outputs + needed, feed)))}
+              for feed in data.batches(SENSITIVITY_ITEMS, limit=SENSITIVITY_ITEMS)]
+    del probe
+    types = {t: onnx.helper.np_dtype_to_tensor_dtype(a.dtype) for t, a in values[0].items()}
+    want = [[v[o] for o in outputs] for v in values]
     out = []
-    for k, node in enumerate(progress(nodes, desc="int8 sensitivity", total=len(nodes))):
-        switch[:] = 0.0
-        switch[k] = 1.0
-        cosines = [c for feed, ref in zip(feeds, want)
-                   for c in _output_cosines(ref, sess.run(None, {**feed, SWITCH: switch}))]
-        out.append(NodeSensitivity(node.name, node.op_type, 1.0 - float(np.mean(cosines))))
+    bar = iter(progress(range(len(names)), desc="int8 sensitivity", total=len(names)))
+    for seg, start in zip(segments, starts):
+        model, nodes = switchable_model(reference, quantized, nodes=seg, start=start, types=types)
+        sess = session(model, optimized=True)
+        switch = np.zeros(len(nodes), np.float32)
+        for k, node in enumerate(nodes):
+            next(bar, None)
+            switch[:] = 0.0
+            switch[k] = 1.0
+            cosines = [c for v, ref in zip(values, want) for c in _output_cosines(
+                ref, sess.run(outputs, {**{t: v[t] for t in cuts[start]}, SWITCH: switch}))]
+            out.append(NodeSensitivity(node.name, node.op_type, 1.0 - float(np.mean(cosines))))
+        del sess
+    for _ in bar:  # closes the bar
+        pass
     return sorted(out, key=lambda s: -s.output_drop)
 
 

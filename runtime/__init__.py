@@ -7,8 +7,10 @@ Typical use::
         results = pipe([read_image("a.jpg"), read_image("b.jpg")])
 """
 
+from batchforge.errors import QueueFullError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.backends import Backend, resolve_backend
+from batchforge.runtime.batcher import DynamicBatcher
 from batchforge.runtime.batching import infer_in_chunks
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import read_image
@@ -21,6 +23,7 @@ from batchforge.runtime.spec import ModelSpec, ProfileRange
 
 __all__ = [
     "Backend",
+    "DynamicBatcher",
     "Gallery",
     "JsonlWriter",
     "ModelArtifacts",
@@ -30,6 +33,7 @@ __all__ = [
     "Pipeline",
     "Precision",
     "ProfileRange",
+    "QueueFullError",
     "Runner",
     "infer_in_chunks",
     "load_pipeline",

@@ -19,12 +19,14 @@ from batchforge.errors import InputValidationError, UsageError
 from batchforge.lock import default_lock, drift, read_lock
 from batchforge.progress import progress
 from batchforge.runtime import environment
+from batchforge.runtime.artifacts import atomic_path
 from batchforge.runtime.backends import Backend, probe_backends, resolve_backend
 from batchforge.runtime.gallery import Gallery
 from batchforge.runtime.images import list_images
 from batchforge.runtime.jsonl import JsonlWriter, check_output_file
 from batchforge.runtime.loading import load_pipeline
 from batchforge.runtime.pipelines import Pipeline
+from batchforge.runtime.profiling import format_table
 from batchforge.runtime.results import ErrorRecord, Result
 
 
@@ -72,7 +74,13 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
                          hint="e.g. `batchforge run reid_resnet50 --input DIR --output results.jsonl`")
     if executor is None and (args.ray_address or args.concurrency is not None):
         raise UsageError("--ray-address and --concurrency apply with --ray only", hint="add --ray")
+    workers, profile_path = getattr(args, "workers", None), getattr(args, "profile", None)
+    if executor is not None and (workers is not None or profile_path):
+        raise UsageError("--workers and --profile apply to a local run, not with --ray",
+                         hint="drop them, or drop --ray")
     check_output_file(args.output)  # before any work: a bad path must not cost a whole run
+    if profile_path:
+        check_output_file(profile_path, "--profile")
     backend = _announce_backend(args.backend)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -104,19 +112,21 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
         side_outputs = pipeline.place_side_outputs(Path(args.output))
         if side_outputs is not None:
             print(f"{args.model}: side outputs -> {side_outputs}", file=sys.stderr)
-        results: Iterator[Result | dict[str, Any]] = pipeline.run_sources(sources, args.batch_size)
+        results: Iterator[Result | dict[str, Any]] = pipeline.run_sources(sources, args.batch_size,
+                                                                          workers=workers)
         context: Any = pipeline
     else:  # the executor's workers load the pipeline; this one only listed the inputs
         results = executor(pipeline, sources, {"model": args.model, "backend": args.backend, **load_kwargs})
         context = contextlib.nullcontext()
     errors = 0
     start = time.perf_counter()
-    with terminate_as_interrupt(), context, JsonlWriter(args.output) as writer:
+    # closing the stream stops the pipeline's threads at once when the run is interrupted
+    stream: Any = contextlib.closing(results) if hasattr(results, "close") else contextlib.nullcontext()
+    with terminate_as_interrupt(), context, stream, JsonlWriter(args.output) as writer:
         for result in progress(results, desc=args.model, total=len(sources)):
-            writer.write(result)
-            if overlays is not None and isinstance(result, Result):
+            record = writer.write(result)  # what was written (a non-finite result becomes an error record)
+            if overlays is not None and isinstance(result, Result) and record.get("ok") is not False:
                 overlays.write(result)
-            record = result.to_record() if isinstance(result, Result) else result
             if record.get("ok") is False:
                 errors += 1
                 print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
@@ -124,7 +134,17 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
           f"record(s), {len(sources) / seconds:.1f} items/s on {backend if executor is None else 'ray'} "
           f"-> {args.output}" + (f"; {overlays.written} overlay(s) -> {args.overlays}" if overlays else ""))
+    if profile_path and executor is None:
+        _write_profile(pipeline.stats(), Path(profile_path))
     return 1 if errors else 0
+
+
+def _write_profile(summary: dict[str, Any], path: Path) -> None:
+    """The stage profile as JSON (atomically) and a short table on stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(format_table(summary) + f"\nprofile -> {path}", file=sys.stderr)
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
@@ -140,7 +160,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     bad = [r for r in results if isinstance(r, ErrorRecord)]
     if bad:
         listed = "; ".join(f"{r.source}: {r.message}" for r in bad[:5])
-        raise InputValidationError(f"{len(bad)} gallery image(s) could not be read ({listed})",
+        raise InputValidationError(f"{len(bad)} gallery image(s) could not be embedded ({listed})",
                                    hint="fix or remove them; no gallery was written")
     labels = [Path(r.source).parent.name if args.label_from == "parent" else Path(r.source).stem
               for r in results]

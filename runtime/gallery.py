@@ -29,6 +29,13 @@ class Gallery:
             )
         if self.embeddings.dtype != np.float32:
             raise InputValidationError(f"gallery embeddings must be float32, got {self.embeddings.dtype}")
+        finite = np.isfinite(self.embeddings).all(axis=1)
+        if not finite.all():
+            bad = [self.labels[i] for i in np.flatnonzero(~finite)[:5]]
+            raise InputValidationError(
+                f"gallery embeddings must be finite; {int((~finite).sum())} of {len(self.labels)} hold NaN "
+                f"or inf (labels {', '.join(map(repr, bad))})", hint="no gallery was written; check those "
+                "images and the engine with `batchforge parity`")
 
     @classmethod
     def from_embeddings(cls, embeddings: np.ndarray, labels: list[str], model: str) -> Gallery:

@@ -72,6 +72,8 @@ def to_rgb_uint8(image: np.ndarray, *, source: str = "image", bgr: bool = False,
             hint="convert explicitly, e.g. (array * 255).round().astype(np.uint8)",
         )
     channels = image.shape[2]
+    if bgr and channels == 3:  # OpenCV's swap: the same bytes as the strided copy, a third of the time
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)
     if channels == 1:
         image = np.repeat(image, 3, axis=2)
     elif channels == 4:
@@ -117,18 +119,23 @@ def decode_image(data: bytes, *, source: str = "image",
                         max_pixels=max_pixels)
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Reads and decodes an image file (see the module docstring for the rules); the header is
-    checked before the rest of the file is read."""
+def read_image_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The encoded bytes of an image file, its header checked (size rules) before the rest is read."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             check_header(fh, source=str(path), max_pixels=max_pixels)
             fh.seek(0)
-            data = fh.read()
+            return fh.read()
     except OSError as exc:
         raise InputValidationError(f"{path}: cannot read file: {exc.strerror}") from None
-    return decode_image(data, source=str(path), max_pixels=max_pixels)
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads and decodes an image file (see the module docstring for the rules); the header is
+    checked before the rest of the file is read."""
+    data = read_image_bytes(path, max_pixels=max_pixels)
+    return decode_image(data, source=str(Path(path)), max_pixels=max_pixels)
 
 
 def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> None:

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import UsageError
-from batchforge.runtime.results import Result, jsonable
+from batchforge.errors import NonFiniteOutputError, UsageError
+from batchforge.runtime.guards import first_nonfinite
+from batchforge.runtime.results import ErrorRecord, Result, jsonable
 
 
 def check_output_file(path: str | os.PathLike[str], option: str = "--output") -> Path:
@@ -80,12 +81,28 @@ class JsonlWriter:
         self._fh = os.fdopen(fd, "w", encoding="utf-8")
         return self
 
-    def write(self, item: Result | dict[str, Any]) -> None:
-        """Appends one record (a Result or a plain dict) and flushes it."""
-        record = item.to_record() if isinstance(item, Result) else item
-        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
+    def write(self, item: Result | dict[str, Any]) -> dict[str, Any]:
+        """Appends one record (a Result or a plain dict), flushes it and returns what was written.
+
+        JSON stays strictly finite: a record holding NaN or inf is replaced by an error record of
+        the same source naming the field, so one bad value never costs the file.
+        """
+        record = jsonable(item.to_record() if isinstance(item, Result) else item)
+        try:
+            line = json.dumps(record, allow_nan=False)
+        except ValueError:
+            field = first_nonfinite(record)
+            if field is None:
+                raise
+            source = record.get("source", "?")
+            record = ErrorRecord(str(source), NonFiniteOutputError.__name__,
+                                 f"{source}: result field {field!r} is NaN or infinite; no result is "
+                                 "written for this input").to_record()
+            line = json.dumps(record, allow_nan=False)
+        self._fh.write(line + "\n")
         self._fh.flush()
         self.count += 1
+        return record
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         assert self._tmp is not None

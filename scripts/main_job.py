@@ -11,8 +11,9 @@ calibration (quantize_static's graph rewriting, histograms) is single-threaded P
 second command fills the second core. Every command still runs at its default thread count, so
 the numbers are the ones a sequential run gives (the zoo's seeded init runs forward passes whose
 last bits follow torch's thread count: with OMP_NUM_THREADS=1 keypoints and facepose export other
-weights). Concurrent commands get OMP_WAIT_POLICY=PASSIVE (unless it is set): idle OpenMP threads
-sleep instead of spinning on the core the other command needs; it changes no result. Measured on
+weights). Concurrent commands get OMP_WAIT_POLICY=PASSIVE (unless it is set): idle OpenMP threads,
+and ONNX Runtime's intra-op threads (batchforge turns ORT's spinning off under that setting), sleep
+instead of spinning on the core the other command needs; it changes no result. Measured on
 2 cores, four small models: export 126 s sequential, 140 s as two commands with spinning threads,
 103 s with passive ones; int8 calibration of keypoints + facepose 171 s vs 128 s.
 The parity gate runs once over the whole zoo.

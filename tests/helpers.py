@@ -129,3 +129,14 @@ def fake_plan(artifacts, precision=Precision.FP32):
                              "10.13.0.35", {"gpu_name": "NVIDIA H100", "compute_capability": "9.0",
                                             "cuda_runtime": "12.9", "cuda_driver": "12.9"})
     write_manifest(artifacts.plan_manifest(precision), manifest)
+
+
+def sqrt_embedder_onnx() -> onnx.ModelProto:
+    """The tiny embedder with a Sqrt after the pooling: a dark image (negative normalised mean)
+    gives NaN embeddings, a bright one finite ones (a real engine output, not a patched array)."""
+    model = tiny_embedder_onnx()
+    graph = model.graph
+    graph.node[1].input[0] = "rooted"
+    graph.node.insert(1, helper.make_node("Sqrt", ["pooled"], ["rooted"], name="root"))
+    onnx.checker.check_model(model)
+    return model

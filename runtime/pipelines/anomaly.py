@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import ConfigError, InputValidationError
+from batchforge.runtime.batching import BatchBuffers
 from batchforge.runtime.images import to_rgb_uint8
 from batchforge.runtime.pipelines.base import Pipeline, Prepared, image_feed
 from batchforge.runtime.post.anomaly import AnomalyOptions, Regions, find_defects
@@ -143,13 +144,14 @@ class AnomalyPipeline(Pipeline):
         tiles = np.stack([preprocess_image(t, self.spec.preprocess)[0] for t in cut_tiles(image, grid)])
         return Prepared(source, feed, AnomalyMeta(geometry, grid, tiles))
 
-    def run_prepared(self, items: Sequence[Prepared]) -> list[Result]:
-        """Runs every tile of every item as one batch stream (untiled items are one tile)."""
-        if not items:
-            return []
+    def batch_feed(self, items: Sequence[Prepared], buffers: BatchBuffers | None = None) -> dict[str, np.ndarray]:
+        """Every tile of every item as one batch stream (untiled items are one tile)."""
         name = self.spec.inputs[0].name
         parts = [p.meta.tiles if p.meta.grid else p.feed[name][None] for p in items]
-        return self.postprocess(self.infer({name: np.concatenate(parts)}), items)
+        return {name: np.concatenate(parts)}
+
+    def rows_per_item(self, items: Sequence[Prepared]) -> list[int]:
+        return [p.meta.tile_count for p in items]
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
         maps, scores = outputs[self.map_output], outputs[self.score_output]

@@ -11,10 +11,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from batchforge.errors import BatchforgeError, InputValidationError
-from batchforge.runtime.batching import infer_in_chunks, stack_feeds
-from batchforge.runtime.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_rgb_uint8
+from batchforge.errors import AllocationError, BatchforgeError, InputValidationError, NonFiniteOutputError
+from batchforge.runtime.batching import BatchBuffers, chunk_slices, infer_in_chunks, stack_feeds
+from batchforge.runtime.guards import is_allocation_failure, nonfinite_outputs, take_items
+from batchforge.runtime.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    decode_image,
+    read_image_bytes,
+    to_rgb_uint8,
+)
+from batchforge.runtime.overlap import default_workers, run_overlapped
 from batchforge.runtime.preprocess import preprocess_image
+from batchforge.runtime.profiling import StageProfile
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, parse_options
@@ -41,6 +50,15 @@ class Prepared:
     source: str
     feed: dict[str, np.ndarray]
     meta: Any = None
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """One inferred batch: its items and outputs, or (``outputs`` None) why it could not run."""
+
+    items: tuple[Prepared, ...]
+    outputs: dict[str, np.ndarray] | None
+    error: str | None = None
 
 
 def image_feed(image: np.ndarray, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
@@ -71,6 +89,8 @@ class Pipeline(abc.ABC):
         )
         self.max_pixels = max_pixels
         self.batch_limit: int | None = None  # caps inference batches below the profile max
+        self.allocation_limit: int | None = None  # set when a batch failed to allocate (back-off)
+        self.stage_profile: StageProfile | None = None  # of the last run_sources (not the batch ProfileRange)
 
     # lifecycle -------------------------------------------------------------------------
     @property
@@ -101,8 +121,12 @@ class Pipeline(abc.ABC):
 
     # stages ----------------------------------------------------------------------------
     def load(self, source: str | Path) -> np.ndarray:
-        """Reads one input file (images by default)."""
-        return read_image(source, max_pixels=self.max_pixels)
+        """Reads and decodes one input file (images by default), timing both stages."""
+        profile = self.stage_profile or StageProfile()
+        with profile.stage("read"):
+            data = read_image_bytes(source, max_pixels=self.max_pixels)
+        with profile.stage("decode"):
+            return decode_image(data, source=str(source), max_pixels=self.max_pixels)
 
     def place_side_outputs(self, results_path: Path) -> Path | None:
         """Puts files a run writes besides its results beside ``results_path``; returns the
@@ -126,13 +150,79 @@ class Pipeline(abc.ABC):
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
         """Turns batched raw outputs into one typed result per item, in order."""
 
+    def batch_feed(self, items: Sequence[Prepared], buffers: BatchBuffers | None = None) -> dict[str, np.ndarray]:
+        """The batched feed of prepared items (stacked into ``buffers`` when given)."""
+        return stack_feeds([p.feed for p in items], buffers)
+
+    def rows_per_item(self, items: Sequence[Prepared]) -> list[int]:
+        """Leading output rows each item owns in ``infer(batch_feed(items))`` (one by default)."""
+        return [1] * len(items)
+
     # entry points ----------------------------------------------------------------------
     def run_prepared(self, items: Sequence[Prepared]) -> list[Result]:
-        """Runs already prepared items (an empty list returns [])."""
+        """Runs already prepared items (an empty list returns []); errors raise."""
         if not items:
             return []
-        outputs = self.infer(stack_feeds([p.feed for p in items]))
-        return self.postprocess(outputs, items)
+        return self.postprocess(self.infer(self.batch_feed(items)), items)
+
+    def infer_guarded(self, items: Sequence[Prepared], buffers: BatchBuffers | None = None) -> list[Inferred]:
+        """Infers items in batches; a batch that fails to allocate is halved and retried down to
+        one item, which then gets an error. Once a size has worked, the rest of the batch and
+        later batches go at that size (``allocation_limit``), so the failing size is not tried
+        again, and one item too large even alone does not shrink the others. Any other error raises."""
+        if not items:
+            return []
+        limit = self.allocation_limit or len(items)
+        worked: list[int] = []
+        chunks = [chunk for part in chunk_slices(len(items), limit)
+                  for chunk in self._infer_halving(items[part], buffers, worked)]
+        if len(chunks) > len(range(0, len(items), limit)) and worked:  # a batch was halved
+            self.allocation_limit = min(limit, max(worked))
+        return chunks
+
+    def _infer_halving(self, items: Sequence[Prepared], buffers: BatchBuffers | None,
+                       worked: list[int]) -> list[Inferred]:
+        if worked and len(items) > max(worked):
+            size = max(worked)
+            return [chunk for part in chunk_slices(len(items), size)
+                    for chunk in self._infer_halving(items[part], buffers, worked)]
+        try:
+            outputs = self.infer(self.batch_feed(items, buffers))
+        except Exception as exc:
+            if not is_allocation_failure(exc):
+                raise
+            if len(items) == 1:
+                detail = (str(exc).strip().splitlines() or [""])[0][:200]
+                return [Inferred(tuple(items), None, f"inference could not allocate memory even at batch "
+                                                     f"size 1 ({type(exc).__name__}: {detail})")]
+            half = (len(items) + 1) // 2
+            first = self._infer_halving(items[:half], buffers, worked)
+            return first + self._infer_halving(items[half:], buffers, worked)
+        worked.append(len(items))
+        return [Inferred(tuple(items), outputs)]
+
+    def postprocess_guarded(self, inferred: Inferred) -> list[Result]:
+        """Results of one inferred batch in order: an error record for each item that failed to
+        allocate or has a non-finite output (naming it), ``postprocess`` for the others."""
+        items = inferred.items
+        if inferred.outputs is None:
+            return [ErrorRecord(p.source, AllocationError.__name__, f"{p.source}: {inferred.error}") for p in items]
+        rows = self.rows_per_item(items)
+        bad = nonfinite_outputs(inferred.outputs, rows)
+        keep = [i for i, names in enumerate(bad) if not names]
+        if len(keep) == len(items):
+            return self.postprocess(inferred.outputs, items)
+        good = iter(self.postprocess(take_items(inferred.outputs, rows, keep), [items[i] for i in keep])
+                    if keep else [])
+        return [next(good) if not names else ErrorRecord(
+                    item.source, NonFiniteOutputError.__name__,
+                    f"{item.source}: output(s) {', '.join(map(repr, names))} hold NaN or infinite values; "
+                    "no result is written for this input (check it and the engine with `batchforge parity`)")
+                for item, names in zip(items, bad)]
+
+    def run_guarded(self, items: Sequence[Prepared]) -> list[Result]:
+        """``run_prepared`` with the guards: one result or error record per item, in order."""
+        return [r for chunk in self.infer_guarded(items) for r in self.postprocess_guarded(chunk)]
 
     def __call__(self, items: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> list[Result]:
         """Runs decoded items (e.g. RGB uint8 images); one result per item, order kept.
@@ -147,35 +237,44 @@ class Pipeline(abc.ABC):
         names = list(sources) if sources is not None else [str(i) for i in range(len(items))]
         return self.run_prepared([self.prepare(x, s) for x, s in zip(items, names)])
 
-    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None) -> Iterator[Result]:
-        """Streams results for input files in order; a bad file yields an ErrorRecord.
+    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None, *,
+                    workers: int | None = None) -> Iterator[Result]:
+        """Streams results for input files in order; a bad file, a batch that cannot allocate
+        even one item, or a non-finite output yields an ErrorRecord for that input.
 
         Args:
             sources: file paths.
             batch_size: items per inference batch (default: the profile's opt).
+            workers: threads that read, decode and preprocess ahead of inference (0: all on the
+                calling thread; default: ``default_workers()``). Results are the same for any value.
         """
         size = batch_size or self.spec.profile.opt
         if size < 1:
             raise InputValidationError(f"batch size must be >= 1, got {size}")
-        pending: list[Result | Prepared] = []
-        for source in sources:
-            pending.append(self._safe_prepare(str(source)))
-            if sum(isinstance(p, Prepared) for p in pending) >= size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+        workers = default_workers() if workers is None else workers
+        if workers < 0:
+            raise InputValidationError(f"workers must be >= 0, got {workers}")
+        self.stage_profile = StageProfile(workers)
+        yield from run_overlapped(self, [str(s) for s in sources], size, workers, self.stage_profile)
 
-    def _safe_prepare(self, source: str) -> Result | Prepared:
-        """One input read and prepared; any failure of that input (a decoder's own errors
-        included) becomes its error record, so one bad file never costs the others."""
+    def stats(self) -> dict[str, Any]:
+        """Stage profile of the last (or current) ``run_sources``: see ``runtime.profiling``."""
+        if self.stage_profile is None:
+            raise InputValidationError("no run to report yet: stats() describes the last run_sources()")
+        return self.stage_profile.summary()
+
+    def safe_prepare(self, source: str) -> Result | Prepared:
+        """One input read and prepared, each step timed; any failure of that input (a decoder's
+        own errors included) becomes its error record, so one bad file never costs the others."""
+        profile = self.stage_profile or StageProfile()
         try:
             with input_errors(source):
-                return self.prepare(self.load(source), source)
+                if type(self).load is Pipeline.load:  # it times read and decode itself
+                    item = self.load(source)
+                else:  # a family's own loader reads and decodes in one step
+                    with profile.stage("read"):
+                        item = self.load(source)
+                with profile.stage("preprocess"):
+                    return self.prepare(item, source)
         except BatchforgeError as exc:
             return ErrorRecord(source, type(exc).__name__, exc.one_line())
-
-    def _flush(self, pending: list[Result | Prepared]) -> Iterator[Result]:
-        prepared = [p for p in pending if isinstance(p, Prepared)]
-        results = iter(self.run_prepared(prepared))
-        for item in pending:
-            yield next(results) if isinstance(item, Prepared) else item

@@ -19,7 +19,7 @@ import numpy as np
 from batchforge.errors import ConfigError, InputValidationError
 from batchforge.runtime.batching import infer_in_chunks
 from batchforge.runtime.images import to_rgb_uint8
-from batchforge.runtime.pipelines.base import Pipeline, Prepared
+from batchforge.runtime.pipelines.base import Inferred, Pipeline, Prepared
 from batchforge.runtime.post import mtcnn as post
 from batchforge.runtime.results import Result
 from batchforge.runtime.runners.base import Runner
@@ -160,6 +160,14 @@ class MtcnnPipeline(Pipeline):
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
         raise NotImplementedError("mtcnn runs its stages in run_prepared")
+
+    # `run` streams through the guarded entry points: the three stages depend on each other's
+    # results, so the whole cascade of a batch runs in the second (postprocess) step
+    def infer_guarded(self, items: Sequence[Prepared], buffers: Any = None) -> list[Inferred]:
+        return [Inferred(tuple(items), {})] if items else []
+
+    def postprocess_guarded(self, inferred: Inferred) -> list[Result]:
+        return self.run_prepared(inferred.items)
 
     # stages ----------------------------------------------------------------------------
     def pnet_stage(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

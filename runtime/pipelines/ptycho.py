@@ -223,8 +223,10 @@ class PtychoPipeline(Pipeline):
             canvas.add(self.patches(self.infer({name: scan.diffraction[part]})), offsets[part])
         return PtychoScanResult(source, canvas.result(), len(offsets), opts.stitch_crop_size, opts.subpixel)
 
-    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None) -> Iterator[Result]:
-        """One record per file in order: scans are stitched, single patterns are batched."""
+    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None, *,
+                    workers: int | None = None) -> Iterator[Result]:
+        """One record per file in order: scans are stitched, single patterns are batched. Every
+        stage runs on the calling thread (``workers`` is accepted for the common signature)."""
         size = batch_size or self.spec.profile.opt
         if size < 1:
             raise InputValidationError(f"batch size must be >= 1, got {size}")
@@ -254,9 +256,9 @@ class PtychoPipeline(Pipeline):
         yield from self._patch_results(pending)
 
     def _patch_results(self, pending: list[Prepared]) -> Iterator[Result]:
-        for result in self.run_prepared(pending):
-            assert isinstance(result, PtychoPatchResult)
-            yield self._saved(result, result.source, "patch", result.patch)
+        for result in self.run_guarded(pending):  # an ErrorRecord passes through as it is
+            yield self._saved(result, result.source, "patch", result.patch) if isinstance(
+                result, PtychoPatchResult) else result
 
     def _saved(self, result: Any, source: str, kind: str, array: np.ndarray) -> Result:
         if not self.options.save_object:

@@ -238,12 +238,13 @@ class TensorsPipeline(Pipeline):
                               opts.top_k, opts.inline_max_values)
                 for i, item in enumerate(items)]
 
-    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None) -> Iterator[Result]:
+    def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None, *,
+                    workers: int | None = None) -> Iterator[Result]:
         """As the base, with large outputs written to the side file (when placed) as they come."""
         side = SideArrays(self.side_file) if self.side_file is not None else None
         done = False
         try:
-            for line, result in enumerate(super().run_sources(sources, batch_size)):
+            for line, result in enumerate(super().run_sources(sources, batch_size, workers=workers)):
                 if side is not None and isinstance(result, TensorsResult):
                     result = self._placed(result, line, side)
                 yield result

@@ -17,6 +17,11 @@ class Runner(abc.ABC):
 
     Subclasses implement ``activate_impl``, ``infer_impl``, ``deactivate_impl`` and
     ``input_metadata_impl``; validation happens here, once, for every backend.
+
+    Thread safety: once active, ``infer`` may be called from many threads at once. ONNX Runtime
+    shares one session (``InferenceSession.run`` is thread-safe); TensorRT lends each call an
+    execution context (with its stream and buffers) from a bounded pool. ``activate`` and
+    ``deactivate`` are not: call them from one thread, outside concurrent ``infer`` calls.
     """
 
     backend = "abstract"

@@ -217,6 +217,62 @@ def test_switchable_model_computes_fp32_when_off_and_one_node_int8_when_on(tmp_p
     np.testing.assert_allclose(robust, want, rtol=0.05, atol=0.05 * np.abs(want).max())
 
 
+def _branchy_model(rng, path):
+    """Five MatMuls with a skip connection over two of them, a second output made early (before
+    later segments start) and a Relu between: what a segment cut must carry across."""
+    w = {f"w{i}": rng.normal(size=(16, 16)).astype(np.float32) * 0.3 for i in range(5)}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["a"], name="m0"),
+         helper.make_node("Relu", ["a"], ["ra"], name="relu0"),
+         helper.make_node("MatMul", ["ra", "w1"], ["b"], name="m1"),
+         helper.make_node("Tanh", ["b"], ["early"], name="tanh"),
+         helper.make_node("MatMul", ["early", "w2"], ["c"], name="m2"),
+         helper.make_node("Add", ["c", "ra"], ["skip"], name="add"),
+         helper.make_node("MatMul", ["skip", "w3"], ["d"], name="m3"),
+         helper.make_node("Relu", ["d"], ["rd"], name="relu1"),
+         helper.make_node("MatMul", ["rd", "w4"], ["y"], name="m4")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16]),
+         helper.make_tensor_value_info("early", TensorProto.FLOAT, ["batch", 16])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    items = rng.normal(size=(32, 16)).astype(np.float32)
+    items[:, 3] *= 50.0  # one wide column: int8 on x costs the others precision
+    return model, items
+
+
+@pytest.mark.parametrize("segment_nodes", [1, 2, 4, 16])
+def test_segmented_sensitivity_equals_the_whole_switchable_model(tmp_path, monkeypatch, segment_nodes):
+    """The sensitivity pass scores nodes in segments fed FP32 values from before them. Every
+    node's output drop must equal, to the bit, what the single whole switchable model (the
+    all-nodes graph with a one-hot switch) gives, whatever the segment size, with a skip
+    connection and an early graph output crossing the cuts."""
+    from batchforge.calibration import int8
+    from batchforge.calibration.activations import session
+
+    rng = np.random.default_rng(3)
+    model, items = _branchy_model(rng, tmp_path / "m.onnx")
+    data = data_of(list(items))
+    int8._quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", data, [], "minmax", tmp_path / "c.json")
+    monkeypatch.setattr(int8, "SEGMENT_NODES", segment_nodes)
+    got = {s.node: s.output_drop for s in int8.node_sensitivity(model, tmp_path / "q.onnx", data)}
+
+    whole, nodes = int8.switchable_model(model, onnx.load(str(tmp_path / "q.onnx")))
+    assert [n.name for n in nodes] == ["m0", "m1", "m2", "m3", "m4"]
+    sess = session(whole, optimized=True)
+    feed = next(data.batches(int8.SENSITIVITY_ITEMS, limit=int8.SENSITIVITY_ITEMS))
+    want = sess.run(None, {**feed, int8.SWITCH: np.zeros(len(nodes), np.float32)})
+    expected = {}
+    for k, node in enumerate(nodes):
+        switch = np.eye(len(nodes), dtype=np.float32)[k]
+        cosines = int8._output_cosines(want, sess.run(None, {**feed, int8.SWITCH: switch}))
+        expected[node.name] = 1.0 - float(np.mean(cosines))
+    assert got == expected
+    assert min(expected.values()) > 0  # every node's int8 input changes the outputs: a real comparison
+
+
 def _input_scale(path) -> float:
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

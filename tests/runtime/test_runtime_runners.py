@@ -114,3 +114,25 @@ def test_ort_options_validation():
         OrtOptions(graph_optimization="max")
     with pytest.raises(BatchforgeError, match="one dict per provider"):
         OrtOptions(provider_options=({}, {}))
+
+
+@pytest.mark.parametrize("policy, spinning", [(None, None), ("ACTIVE", None), ("passive", "0"), ("PASSIVE", "0")])
+def test_ort_threads_spin_unless_omp_wait_policy_is_passive(monkeypatch, policy, spinning):
+    """OMP_WAIT_POLICY=PASSIVE (set by the main job for concurrent commands) turns off ORT's
+    spinning intra- and inter-op threads, in the runtime's sessions and in calibration's."""
+    import onnxruntime as ort
+
+    from batchforge.calibration.activations import follow_wait_policy
+    from batchforge.runtime.runners.onnxruntime import session_options
+
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    for so in (session_options(ort, OrtOptions()), follow_wait_policy(ort.SessionOptions())):
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            if spinning is None:
+                with pytest.raises(RuntimeError):  # not set: ORT's default (spinning) applies
+                    so.get_session_config_entry(key)
+            else:
+                assert so.get_session_config_entry(key) == spinning
