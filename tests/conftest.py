@@ -152,29 +152,37 @@ def _export_zoo(jobs, fixture: str) -> Path:
 def _copy_exports(jobs, fixture: str) -> Path:
     """``fixture``'s models as the main job beside the suite exported them (``EXPORTS_FROM``):
     waits for each one's export.json (written last, after the files it vouches for) made since
-    ``EXPORTS_SINCE`` (default: now), then copies the exported files into the session's tmp folder."""
+    ``EXPORTS_SINCE`` (default: now), then copies the exported files into the session's tmp folder;
+    likewise the record of an ensemble made of them (mtcnn), written after its members."""
+    from batchforge.export.registry import ENSEMBLES, load_zoo
+
     folder, models = ZOO_GROUPS[fixture]
     out = jobs["root"] / folder / "artifacts"
     for model in models:
         source = jobs["from"] / model
-        record = source / "export.json"
-        deadline = time.monotonic() + EXPORTS_WAIT_S
-        while not _fresh(record, jobs["since"]):
-            assert time.monotonic() < deadline, f"{EXPORTS_FROM}: no fresh {record} after {EXPORTS_WAIT_S} s"
-            if not _alive(jobs["pid"]):
-                assert _fresh(record, jobs["since"]), f"{EXPORTS_FROM}: the exporter ended without a fresh {record}"
-            time.sleep(1.0)
-        exported = json.loads(record.read_text())
+        exported = json.loads(_wait_for_fresh(source / "export.json", jobs).read_text())
         names = ["export.json", exported["onnx"]["file"], *exported["onnx"].get("external_data", {}),
                  *([exported["weights"]["file"]] if exported.get("weights", {}).get("file") else [])]
         (out / model).mkdir(parents=True)
         for name in names:
             shutil.copy2(source / name, out / model / name)
-    for record in jobs["from"].glob("*/ensemble.json"):  # mtcnn: the pipeline record of its stages
-        if {member["model"] for member in json.loads(record.read_text())["members"]} <= set(models):
-            (out / record.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(record, out / record.parent.name / record.name)
+    load_zoo()
+    for name, ensemble in ENSEMBLES.items():
+        if set(ensemble.member_names) <= set(models):
+            record = _wait_for_fresh(jobs["from"] / name / "ensemble.json", jobs)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(record, out / name / record.name)
     return out
+
+
+def _wait_for_fresh(record: Path, jobs) -> Path:
+    deadline = time.monotonic() + EXPORTS_WAIT_S
+    while not _fresh(record, jobs["since"]):
+        assert time.monotonic() < deadline, f"{EXPORTS_FROM}: no fresh {record} after {EXPORTS_WAIT_S} s"
+        if not _alive(jobs["pid"]):
+            assert _fresh(record, jobs["since"]), f"{EXPORTS_FROM}: the exporter ended without a fresh {record}"
+        time.sleep(1.0)
+    return record
 
 
 def _fresh(record: Path, since: float) -> bool:
