@@ -145,18 +145,26 @@ class MtcnnPipeline(Pipeline):
         return Prepared(source, {}, image)
 
     def run_prepared(self, items: Sequence[Prepared]) -> list[Result]:
+        return self.cascade(items)[0]
+
+    def cascade(self, items: Sequence[Prepared]) -> tuple[list[Result], list[tuple[np.ndarray, np.ndarray]]]:
+        """The faces of each image, and the boxes its R-Net and O-Net crops were cut from (two
+        (K, 4) float32 arrays per image; parity compares where they fall on the pixel grid)."""
         if not items:
-            return []
+            return [], []
         images = [item.meta for item in items]
         boxes, image_index = self.pnet_stage(images)
+        to_rnet = boxes[:, :4], image_index
         boxes, image_index = self.rnet_stage(images, boxes, image_index)
+        to_onet = boxes[:, :4], image_index
         boxes, probs, landmarks, image_index = self.onet_stage(images, boxes, image_index)
         results: list[Result] = []
         for i, item in enumerate(items):
             mine = np.flatnonzero(image_index == i)
             results.append(FacesResult(item.source, item.meta.shape[:2], boxes[mine].astype(np.float32),
                                        probs[mine].astype(np.float32), landmarks[mine].astype(np.float32)))
-        return results
+        cropped = [(to_rnet[0][to_rnet[1] == i], to_onet[0][to_onet[1] == i]) for i in range(len(items))]
+        return results, cropped
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
         raise NotImplementedError("mtcnn runs its stages in run_prepared")

@@ -179,23 +179,27 @@ def landmarks_to_pixels(boxes: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.stack([xs, ys], axis=-1)
 
 
+def min_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The "Min" overlap of one box with each of ``boxes``: intersection over the smaller area,
+    sides with +1 as the reference code (float64)."""
+    a, b = np.asarray(box, np.float64), np.asarray(boxes, np.float64)
+    w = np.maximum(0.0, np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]) + 1)
+    h = np.maximum(0.0, np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]) + 1)
+    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    return w * h / np.minimum((a[2] - a[0] + 1) * (a[3] - a[1] + 1), area)
+
+
 def min_overlap_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy NMS per group with the "Min" overlap (intersection / smaller area, areas with +1
-    as the reference code): a box is dropped when its overlap with a kept box is over
-    ``threshold``. Returns the kept indices, by decreasing score."""
+    """Greedy NMS per group with the "Min" overlap (``min_overlap``): a box is dropped when its
+    overlap with a kept box is over ``threshold``. Returns the kept indices, by decreasing score."""
     keep: list[int] = []
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
         order = members[np.argsort(-scores[members], kind="stable")]
-        b = boxes.astype(np.float64)
-        area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
         while len(order):
             best, rest = order[0], order[1:]
             keep.append(int(best))
-            w = np.maximum(0.0, np.minimum(b[best, 2], b[rest, 2]) - np.maximum(b[best, 0], b[rest, 0]) + 1)
-            h = np.maximum(0.0, np.minimum(b[best, 3], b[rest, 3]) - np.maximum(b[best, 1], b[rest, 1]) + 1)
-            overlap = w * h / np.minimum(area[best], area[rest])
-            order = rest[overlap <= threshold]
+            order = rest[min_overlap(boxes[best], boxes[rest]) <= threshold]
     kept = np.asarray(keep, np.int64)
     return kept[np.argsort(-scores[kept], kind="stable")] if len(kept) else kept
 

@@ -24,7 +24,8 @@ def astronaut():
 
 def test_finds_the_astronauts_face_with_five_landmarks(mtcnn_artifacts, astronaut):
     # the reference box comes from facenet-pytorch's own detector, not from the code under test
-    ref_boxes, _, ref_points = reference_faces(reference_detector(), astronaut)
+    ref = reference_faces(reference_detector(), astronaut).faces
+    ref_boxes, ref_points = ref.boxes, ref.points
     assert len(ref_boxes) == 1
     with load_pipeline("mtcnn", output_dir=mtcnn_artifacts, backend="onnxruntime") as pipeline:
         (result,) = pipeline([astronaut], ["astronaut"])
