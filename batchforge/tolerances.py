@@ -287,11 +287,11 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "landmark_crop_px_max": at_most(0.01, SPEC + " (keypoints px); measured 2.9e-5"),
             "batch_face_logit_max_abs": at_most(1e-5, SPEC + "; measured exactly equal"),
             "batch_max_abs": at_most(1e-5, SPEC),
-            "face_recall": at_least(1.0, SPEC + "; measured 18 of 18 reference faces"),
-            "face_precision": at_least(1.0, "the mirror of recall; measured 18 of 18"),
+            "face_recall": at_least(1.0, SPEC + "; measured 19 of 19 reference faces"),
+            "face_precision": at_least(1.0, "the mirror of recall; measured 19 of 19"),
             "matched_iou_min": at_least(0.999, SPEC + "; measured 0.999999 (the same area resampling "
                                                 "as facenet-pytorch: runtime/post/mtcnn.py)"),
-            "detect_prob_abs_max": at_most(1e-4, SPEC + "; measured 3.0e-7"),
+            "detect_prob_abs_max": at_most(1e-4, SPEC + "; measured 6.0e-8"),
             "landmark_px_max": at_most(0.01, SPEC + " (keypoints px); measured 4.3e-5"),
             "detect_batch_boxes_max_abs": at_most(1e-5, SPEC + "; measured exactly equal"),
             "detect_batch_probs_max_abs": at_most(1e-6, SPEC + "; measured exactly equal"),
@@ -299,19 +299,19 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
         },
         FP16: {
             "raw_cosine": at_least(0.9995, SPEC),
-            "raw_max_rel": at_most(2e-2, "fp16 rounding over 5-8 layers; measured 4.2e-3 (O-Net offsets)"),
-            "face_prob_abs_max": at_most(0.01, SPEC + " (detection score); measured 1.4e-3"),
+            "raw_max_rel": at_most(2e-2, "fp16 rounding over 5-8 layers; measured 3.2e-3 (P-Net logit)"),
+            "face_prob_abs_max": at_most(0.01, SPEC + " (detection score); measured 3.6e-3"),
             "threshold_agreement": at_least(0.99, "SPEC fp16 recall tier; measured 1.0"),
-            "landmark_crop_px_max": at_most(0.5, SPEC + " (keypoints px); measured 0.035"),
+            "landmark_crop_px_max": at_most(0.5, SPEC + " (keypoints px); measured 0.029"),
             "batch_face_logit_max_abs": at_most(0.013, "SPEC 1e-3 rel of logits up to 12.9; measured "
                                                        "3.9e-3 = one fp16 step at |logit| 4..8"),
             "batch_max_abs": at_most(1e-3, SPEC + " (offsets and landmarks are fractions <= 0.9)"),
             "face_recall": at_least(0.99, SPEC),
             "face_precision": at_least(0.99, "the mirror of recall"),
-            "matched_iou_min": at_least(0.98, SPEC + "; measured 0.9992 with 9 of 549 crop windows on tied "
+            "matched_iou_min": at_least(0.98, SPEC + "; measured 0.9991 with 8 of 566 crop windows on tied "
                                                 "pixels (0.971 before ties were counted: parity/mtcnn.py)"),
-            "detect_prob_abs_max": at_most(0.01, SPEC + "; measured 9.7e-5"),
-            "landmark_px_max": at_most(0.5, SPEC + " (keypoints px); measured 0.039 (0.87 before ties)"),
+            "detect_prob_abs_max": at_most(0.01, SPEC + "; measured 2.0e-5"),
+            "landmark_px_max": at_most(0.5, SPEC + " (keypoints px); measured 0.041 (0.87 before ties)"),
             "detect_batch_boxes_max_abs": at_most(0.5, "SPEC 1e-3 rel of 512 px photographs; measured "
                                                        "exactly equal"),
             "detect_batch_probs_max_abs": at_most(1e-3, SPEC),
@@ -319,19 +319,20 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
         },
         INT8: {
             "raw_cosine": at_least(0.98, SPEC),
-            "raw_max_rel": at_most(0.25, "per-tensor int8 activations, as reid; measured 0.20 (P-Net logit)"),
-            "face_prob_abs_max": at_most(0.05, SPEC + " (detection score). Measured 0.18 (P-Net), 0.059 "
-                                                "(O-Net) -- fail, not loosened: see KNOWN_FAILURES"),
-            "threshold_agreement": at_least(0.95, "SPEC int8 recall tier; measured 0.9993 (P-Net)"),
-            "landmark_crop_px_max": at_most(2.0, SPEC + " (keypoints px). Measured 2.8 -- fails"),
+            "raw_max_rel": at_most(0.25, "per-tensor int8 activations, as reid; measured 0.16 (P-Net offsets)"),
+            "face_prob_abs_max": at_most(0.05, SPEC + " (detection score). Measured 0.28 (P-Net) -- fails, "
+                                                "not loosened: see KNOWN_FAILURES; 0.020 (O-Net)"),
+            "threshold_agreement": at_least(0.95, "SPEC int8 recall tier; measured 0.9994 (P-Net)"),
+            "landmark_crop_px_max": at_most(2.0, SPEC + " (keypoints px); measured 1.5"),
             "batch_face_logit_max_abs": at_most(0.13, "SPEC 1e-2 rel of logits up to 12.9; measured 0.063"),
             "batch_max_abs": at_most(1e-2, SPEC + " (offsets and landmarks are fractions <= 0.9)"),
             "face_recall": at_least(0.9, SPEC),
             "face_precision": at_least(0.9, "the mirror of recall"),
-            "matched_iou_min": at_least(0.9, SPEC + "; measured 0.942 with 305 of 550 crop windows on tied "
-                                               "pixels and 4 of 18 faces among tied candidates of the last NMS"),
-            "detect_prob_abs_max": at_most(0.05, SPEC + "; measured 3.5e-3"),
-            "landmark_px_max": at_most(2.0, SPEC + " (keypoints px); measured 1.20 (2.30 before ties)"),
+            "matched_iou_min": at_least(0.9, SPEC + "; measured 0.919 with 321 of 565 crop windows on tied "
+                                               "pixels and 4 of 19 faces among tied candidates of the last NMS"),
+            "detect_prob_abs_max": at_most(0.05, SPEC + "; measured 0.017"),
+            "landmark_px_max": at_most(2.0, SPEC + " (keypoints px); measured 1.44 with P-Net calibrated on its "
+                                               "pyramid levels (2.06 on one 240 px level per image)"),
             "detect_batch_boxes_max_abs": at_most(5.0, "SPEC 1e-2 rel of 512 px photographs"),
             "detect_batch_probs_max_abs": at_most(1e-2, SPEC),
             "detect_batch_landmarks_max_abs": at_most(5.0, "SPEC 1e-2 rel of 512 px photographs"),
@@ -429,10 +430,10 @@ def limits_for(family: str, precision: Precision) -> dict[str, Limit]:
 # Zoo model/precision runs that are measured to fail: with the zoo's seeded stand-in weights, and
 # (mtcnn) with trained weights. The trained MTCNN networks pass every fp16 stage check with room
 # (raw max_rel <= 4.2e-3) where the stand-ins' keypoints fail theirs on flat untrained heatmaps,
-# which supports the stand-in reasons below for fp16; at int8 two trained networks fail their
-# stage checks too (per-tensor activations, no node kept by sensitivity), so an int8 failure is
-# not by itself a sign of the stand-in init -- though the trained three-stage detector passes
-# its int8 tier. They still run and are reported in full; they count as failures
+# which supports the stand-in reasons below for fp16; at int8 the trained P-Net fails its stage
+# check too (per-tensor activations, no node kept by sensitivity), so an int8 failure is not by
+# itself a sign of the stand-in init -- though the trained three-stage detector passes its int8
+# tier. They still run and are reported in full; they count as failures
 # unless ``--allow-known-failures`` (the main job and CI pass it, so these show as KNOWN in the
 # summary instead of blocking the gate). A run listed here that passes says so, so the entry can
 # be removed. The tiers are not loosened for them.
@@ -453,12 +454,11 @@ KNOWN_FAILURES: dict[tuple[str, Precision], str] = {
                          "ambiguous at the int8 tier and 142 px worst (engine peaks outside the tied "
                          "cells). " + _MOBILENET,
     # MTCNN carries trained weights: these are the precision ladder's own failures, not a stand-in's
-    ("mtcnn_pnet", INT8): "face probability abs max 0.18 (raw logit max_rel 0.20) on 79350 cells, threshold "
-                          "agreement 0.9993: per-tensor int8 of a 5-conv net; the sensitivity pass kept none "
-                          "(mean output cosine 0.9972 over its 0.995 target) and --target-cosine 0.9995 keeps "
-                          "all 5 in FP32. The detector passes int8 with it (matched IoU 0.942)",
-    ("mtcnn_onet", INT8): "face probability abs max 0.059 and landmarks 2.8 px of the 48 px crop (raw cosine "
-                          ">= 0.994): per-tensor int8 activations of the dense layers",
+    ("mtcnn_pnet", INT8): "face probability abs max 0.28 (raw max_rel 0.16) on 79350 cells of photographs "
+                          "at 240 px, threshold agreement 0.9994: per-tensor int8 of a 5-conv net; the "
+                          "sensitivity pass kept none (mean output cosine 0.9977 over its 0.995 target; "
+                          "--target-cosine 0.9995 keeps 4 of 5 in FP32). The int8 detector passes with it "
+                          "(matched IoU 0.919, landmarks 1.44 px)",
     ("reid_efficientnet_b3", INT8): "embedding cosine min 0.953 (raw max_rel 0.28) with 16 nodes kept "
                                     "FP32 (calibration-set output cosine min 0.965 / mean 0.984, 0.816 "
                                     "all-int8; measured with the RNG-independent BatchNorm init); "

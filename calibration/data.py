@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from batchforge.errors import CalibrationError, InputValidationError
-from batchforge.runtime.batching import chunk_slices, stack_feeds
+from batchforge.runtime.batching import stack_feeds
 from batchforge.runtime.images import list_images
 from batchforge.runtime.pipelines.base import Pipeline
 
@@ -41,10 +41,19 @@ class CalibrationData:
         return len(self.feeds)
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Batched feeds, in order."""
-        feeds = self.feeds[:limit] if limit else self.feeds
-        for part in chunk_slices(len(feeds), batch_size):
-            yield stack_feeds(feeds[part])
+        """Batched feeds, in order; a batch ends early where the next feed's shapes differ
+        (a model with dynamic height and width is calibrated on inputs of several sizes)."""
+        if batch_size < 1:
+            raise CalibrationError(f"batch size must be >= 1, got {batch_size}")
+        run: list[dict[str, np.ndarray]] = []
+        for feed in self.feeds[:limit] if limit else self.feeds:
+            if run and (len(run) == batch_size
+                        or any(run[0][name].shape != array.shape for name, array in feed.items())):
+                yield stack_feeds(run)
+                run = []
+            run.append(feed)
+        if run:
+            yield stack_feeds(run)
 
     def record(self) -> dict[str, object]:
         return {"source": self.source, "sha256": self.sha256, "items": self.count,
@@ -110,7 +119,7 @@ def load_calibration_data(pipeline: Pipeline, data: str | os.PathLike[str] | Non
         from batchforge.export.samples import SEED_CALIBRATION, generate
 
         items = generate(spec.family, samples, SEED_CALIBRATION)
-        feeds = [pipeline.prepare(item, name).feed for name, item in items]
+        feeds = [feed for name, item in items for feed in pipeline.calibration_feeds(item, name)]
         result = CalibrationData(tuple(feeds), f"synthetic:{spec.family}(seed={SEED_CALIBRATION})",
                                  hash_arrays(feeds), synthetic=True)
     else:
@@ -134,10 +143,11 @@ def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
         return read_arrays(spec, path, samples)
     elif path.is_dir():
         files = list_images(path, pipeline.input_suffixes)[:samples]
-        feeds, bad = [], []
+        items: list[list[dict[str, np.ndarray]]] = []  # the feeds of each item
+        bad = []
         for file in files:
             try:
-                feeds.extend(pipeline.prepare(item, str(file)).feed for item in pipeline.load_items(file))
+                items.extend(pipeline.calibration_feeds(item, str(file)) for item in pipeline.load_items(file))
             except InputValidationError as exc:
                 bad.append((file.name, exc.message.replace(str(file), file.name), exc.hint))
         if bad:
@@ -148,7 +158,8 @@ def _from_path(pipeline: Pipeline, path: Path, samples: int) -> CalibrationData:
                                        f"each for the same reason: {bad[0][1]}", hint=hint)
             raise CalibrationError(f"{len(bad)} calibration file(s) could not be read: "
                                    + "; ".join(f"{name}: {message}" for name, message, _ in bad[:5]), hint=hint)
-        return CalibrationData(tuple(feeds[:samples]), str(path), hash_files(files), synthetic=False)
+        feeds = tuple(feed for item in items[:samples] for feed in item)
+        return CalibrationData(feeds, str(path), hash_files(files), synthetic=False)
     else:
         raise CalibrationError(f"calibration data {path} is not a folder, .npy or .npz file")
 

@@ -25,7 +25,7 @@ kinds of discrete decisions that a within-tier engine may take the other way:
   from ``detect()`` run with that NMS (``batched_nms_numpy``) keeping every box; a reference face
   is tied with each candidate the NMS drops for it ("Min" overlap over 0.7) whose probability is
   within twice the tier's probability tolerance of its own, and a face of ours is measured
-  against the tied candidate nearest to it.
+  against the tied candidate it agrees with best (smallest worst error-to-limit ratio).
 
 Both counts are reported. A face of ours unlike every tied candidate (a planted P-Net scale
 error, landmarks left in crop fractions) still fails.
@@ -197,18 +197,31 @@ def reference_faces(detector: Any, image: np.ndarray, ours: Sequence[np.ndarray]
 
 
 def match_tied(candidates: np.ndarray, groups: Sequence[np.ndarray], eng_boxes: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching of reference faces (their tied candidate groups) to our boxes, a pair
     scored by the IoU of ours with the nearest candidate of the face's group; pairs need IoU >=
-    MATCH_IOU. Returns (reference rows, our columns, the candidate each pair is measured against)."""
+    MATCH_IOU. Returns (reference rows, our columns)."""
     if not len(groups) or not len(eng_boxes):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     iou = pairwise_iou(candidates, eng_boxes)
-    best = np.stack([group[np.argmax(iou[group], axis=0)] for group in groups])  # (faces, ours) -> candidate
-    gain = iou[best, np.arange(len(eng_boxes))[None, :]]
+    gain = np.stack([iou[group].max(axis=0) for group in groups])  # (faces, ours)
     rows, cols = linear_sum_assignment(np.where(gain >= MATCH_IOU, gain, 0.0), maximize=True)
     valid = gain[rows, cols] >= MATCH_IOU
-    return rows[valid], cols[valid], best[rows[valid], cols[valid]]
+    return rows[valid], cols[valid]
+
+
+def closest_tied(candidates: Faces, group: np.ndarray, box: np.ndarray, prob: float, points: np.ndarray,
+                 limits: dict[str, Any]) -> int:
+    """The candidate of a tied group that a face of ours agrees with best: the smallest worst
+    ratio of its errors (IoU shortfall, probability, landmark px) to their limits. Ours passes
+    when it agrees with any of the reference's tied outcomes; the kept face wins equal ratios."""
+    iou = pairwise_iou(candidates.boxes[group], box[None].astype(np.float64))[:, 0]
+    ratios = np.stack([
+        (1.0 - iou) / (1.0 - limits["matched_iou_min"].value),
+        np.abs(candidates.probs[group] - prob) / limits["detect_prob_abs_max"].value,
+        np.linalg.norm(candidates.points[group] - points, axis=-1).max(axis=1) / limits["landmark_px_max"].value,
+    ], axis=1).max(axis=1)
+    return int(group[np.argmin(ratios)])
 
 
 class MtcnnParity(FamilyParity):
@@ -273,7 +286,7 @@ class MtcnnParity(FamilyParity):
 def detector_checks(reference: Sequence[ReferenceFaces], results: Sequence[Result], limits: dict[str, Any],
                     names: Sequence[str]) -> list[Check]:
     """Matched IoU min, probability abs max, landmark px max, recall and precision over images;
-    each pair measured against the tied candidate of the reference face nearest to ours."""
+    each pair measured against the tied candidate of the reference face ours agrees with best."""
     margin = 2.0 * float(limits["detect_prob_abs_max"].value)
     ious, prob_err, px_err = [], [], []
     ref_count = eng_count = matched = decided = 0
@@ -281,10 +294,12 @@ def detector_checks(reference: Sequence[ReferenceFaces], results: Sequence[Resul
     for name, ref, result in zip(names, reference, results):
         boxes = result.boxes.astype(np.float64)  # type: ignore[attr-defined]
         groups = ref.tied(margin, ONET_NMS_OVERLAP)
-        rows, cols, picked = match_tied(ref.candidates.boxes, groups, boxes)
+        rows, cols = match_tied(ref.candidates.boxes, groups, boxes)
         ref_count, eng_count, matched = ref_count + len(ref.faces.boxes), eng_count + len(boxes), matched + len(rows)
         if len(rows):
             cand = ref.candidates
+            picked = np.asarray([closest_tied(cand, groups[r], boxes[c], result.probs[c],  # type: ignore[attr-defined]
+                                              result.landmarks[c], limits) for r, c in zip(rows, cols)])  # type: ignore[attr-defined]
             decided += sum(int(p != groups[r][0]) for r, p in zip(rows, picked))
             iou = np.diag(pairwise_iou(cand.boxes[picked], boxes[cols]))
             ious.extend(iou)

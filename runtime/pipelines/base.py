@@ -137,6 +137,11 @@ class Pipeline(abc.ABC):
         """The model items one input file holds (one image by default; a scan holds many)."""
         return [self.load(source)]
 
+    def calibration_feeds(self, item: np.ndarray, source: str) -> list[dict[str, np.ndarray]]:
+        """The model inputs one decoded item gives in real use, for INT8/FP16 calibration: its one
+        prepared feed by default (a detector cascade's first stage sees every pyramid level)."""
+        return [self.prepare(item, source).feed]
+
     def prepare(self, item: np.ndarray, source: str) -> Prepared:
         """Preprocesses one decoded item (an image by default)."""
         image = to_rgb_uint8(item, source=source, max_pixels=self.max_pixels)

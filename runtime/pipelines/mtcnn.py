@@ -94,6 +94,25 @@ class MtcnnStagePipeline(Pipeline):
             image = post.resize_area(image, height, width)
         return Prepared(source, {self.spec.inputs[0].name: post.to_network(image)})
 
+    def calibration_feeds(self, item: np.ndarray, source: str) -> list[dict[str, np.ndarray]]:
+        """P-Net: every pyramid level the detector runs it on (the detector's default
+        ``min_face_size`` and ``factor``; levels within the profile's height and width), not the
+        one opt-size level ``prepare`` makes; measured on the zoo's held-out photographs, the int8
+        detector's landmark error 1.44 px instead of 2.06 (limit 2). R-Net and O-Net: their crop."""
+        if self.options.stage != "pnet":
+            return super().calibration_feeds(item, source)
+        image = to_rgb_uint8(item, source=source, max_pixels=self.max_pixels)
+        opts = post.MtcnnOptions()
+        sides = [self.spec.dims.get(d) for d in ("height", "width")]
+        low = max((s.min for s in sides if s), default=1)
+        high = min((s.max for s in sides if s), default=max(image.shape[:2]))
+        feeds = []
+        for scale in post.pyramid_scales(*image.shape[:2], opts.min_face_size, opts.factor):
+            height, width = post.level_size(*image.shape[:2], scale)
+            if low <= min(height, width) and max(height, width) <= high:
+                feeds.append({self.spec.inputs[0].name: post.to_network(post.resize_area(image, height, width))})
+        return feeds or super().calibration_feeds(item, source)
+
     def postprocess(self, outputs: Mapping[str, np.ndarray], items: Sequence[Prepared]) -> list[Result]:
         return [StageResult(item.source, {k: outputs[k][i] for k in self.spec.outputs})
                 for i, item in enumerate(items)]

@@ -358,3 +358,12 @@ def test_batch_by_batch_ranges_equal_ort_one_shot_calibration(tmp_path, method):
     streamed = json.loads((tmp_path / "streamed.json").read_text())
     expected = json.loads((tmp_path / "one_shot.json").read_text())
     assert streamed == expected and sorted(expected["data"]) == ["h", "r", "x", "y"]
+
+
+def test_batches_end_where_the_shapes_change_and_keep_the_order():
+    shapes = [(3, 8, 8)] * 3 + [(3, 6, 9)] * 2 + [(3, 8, 8)]
+    feeds = tuple({"x": np.full(s, i, np.float32)} for i, s in enumerate(shapes))
+    data = CalibrationData(feeds, "test", "0" * 64, synthetic=False)
+    batches = list(data.batches(2))
+    assert [b["x"].shape for b in batches] == [(2, 3, 8, 8), (1, 3, 8, 8), (2, 3, 6, 9), (1, 3, 8, 8)]
+    assert [int(v) for b in batches for v in b["x"][:, 0, 0, 0]] == list(range(6))

@@ -3,6 +3,7 @@ and width from the spec through export, profiles and runner validation."""
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,3 +65,30 @@ def test_dims_without_a_named_input_dim_are_refused():
     with pytest.raises(ConfigError, match=r"dims \['depth'\] are given ranges but no input shape names them"):
         ModelSpec("m", "tensors", (TensorSpec("x", ("batch", 3, 8, 8)),), ("y",), ProfileRange(1, 1, 1),
                   dims={"depth": ProfileRange(1, 2, 3)})
+
+
+def test_pnet_calibrates_on_every_pyramid_level_the_detector_runs(mtcnn_artifacts, tmp_path):
+    from batchforge.export.samples.mtcnn import sample_images
+    from batchforge.runtime.images import write_image
+    from batchforge.runtime.post import mtcnn as post
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    images = [image for _, image in sample_images(9, 4000)]  # 3 mosaics (320x240) and 6 crops (72x72)
+    for i, image in enumerate(images):
+        write_image(folder / f"{i}.png", image)
+    out = tmp_path / "artifacts"
+    shutil.copytree(mtcnn_artifacts / "mtcnn_pnet", out / "mtcnn_pnet")
+    assert main(["calibrate", "mtcnn_pnet", "--data", str(folder), "--samples", "9", "--output-dir", str(out)]) == 0
+    levels = sum(len(post.pyramid_scales(*image.shape[:2], 20.0, 0.709)) for image in images)
+    record = json.loads((out / "mtcnn_pnet" / "calibration.json").read_text())
+    assert record["data"]["items"] == levels > 9
+
+
+def test_calibration_and_evaluation_photographs_share_no_lfw_face():
+    from batchforge.export.samples.mtcnn import lfw_crops
+
+    held_out, calibration = lfw_crops(evaluation=True), lfw_crops(evaluation=False)
+    for a, b in zip(held_out, calibration):
+        assert len(a) == len(b) == 50
+        assert not any(np.array_equal(x, y) for x in a for y in b)
