@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 
 from batchforge.calibration.activations import load_model, session, with_intermediate_outputs
 from batchforge.calibration.data import CalibrationData, FeedReader
@@ -164,9 +165,23 @@ def cut_tensors(reference: onnx.ModelProto, start: int) -> list[str]:
     return list(dict.fromkeys(t for t in wanted if t and t not in made and t not in constant))
 
 
+def _copy_except(source: Message, target: Message, skipped: set[str]) -> None:
+    """Copies every set field of ``source`` into ``target`` but the ``skipped`` ones."""
+    for field, value in source.ListFields():
+        if field.name in skipped:
+            continue
+        if isinstance(value, Message):
+            getattr(target, field.name).CopyFrom(value)
+        elif hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        else:
+            setattr(target, field.name, value)
+
+
 def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
                      nodes: Sequence[str] | None = None, start: int = 0,
-                     types: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
+                     types: Mapping[str, int] | None = None,
+                     cut: Sequence[str] | None = None) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
     """``reference`` in which each quantized node's inputs can be switched to their int8 values.
 
     The Q/DQ chains feeding the nodes in ``quantized`` (its scales and int8 weights) are copied
@@ -177,8 +192,9 @@ def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
     ``nodes`` limits the switches to those nodes (default: every quantized node). ``start`` keeps
     only reference nodes ``start:``: the tensors they need from before it (``cut_tensors``) become
     graph inputs, to be fed their FP32 values (``types``: their ONNX element types, FLOAT when not
-    given). Nodes without a switch compute FP32 exactly as in the all-zeros graph (``x + 0 * d == x``
-    for the finite ``d`` of Q/DQ).
+    given; ``cut``: ``cut_tensors(reference, start)`` when the caller has it). Nodes without a
+    switch compute FP32 exactly as in the all-zeros graph (``x + 0 * d == x`` for the finite
+    ``d`` of Q/DQ). Only the initializers the kept nodes read are copied.
 
     Returns:
         The model and the switchable nodes (``k`` = position in the list).
@@ -189,8 +205,10 @@ def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
     by_name = {n.name: n for n in quantized.graph.node}
     selected = set(switchable_nodes(reference, quantized) if nodes is None else nodes)
     out = onnx.ModelProto()
-    out.CopyFrom(reference)
+    _copy_except(reference, out, {"graph"})
+    _copy_except(reference.graph, out.graph, {"node", "initializer"})
     body, switchable = [], []
+    added: list[onnx.TensorProto] = []  # the gates' indices
     for node in reference.graph.node[start:]:
         twin = by_name.get(node.name)
         if node.name in selected and twin is not None:
@@ -198,7 +216,7 @@ def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
             switchable.append(node)
             gate = f"{SWITCH}/{k}"
             body.append(helper.make_node("Gather", [SWITCH, f"{gate}/index"], [gate], axis=0))
-            out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{gate}/index"))
+            added.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{gate}/index"))
             mixed_inputs = list(node.input)
             for position, name in enumerate(twin.input):
                 dq = producers.get(name)
@@ -224,19 +242,18 @@ def switchable_model(reference: onnx.ModelProto, quantized: onnx.ModelProto, *,
             node.ClearField("input")
             node.input.extend(mixed_inputs)
         body.append(node)
-    del out.graph.node[:]
     out.graph.node.extend(body)
     used = {i for n in body for i in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used]
+    kept = [t for t in reference.graph.initializer if t.name in used] + added
     have = {t.name for t in kept}
     kept += [t for t in quantized.graph.initializer if t.name in used and t.name not in have]
-    del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     if start:
         given = {v.name: v for v in reference.graph.input}
         del out.graph.input[:]
         out.graph.input.extend(given[name] if name in given else helper.make_tensor_value_info(
-            name, (types or {}).get(name, onnx.TensorProto.FLOAT), None) for name in cut_tensors(reference, start))
+            name, (types or {}).get(name, onnx.TensorProto.FLOAT), None)
+            for name in (cut_tensors(reference, start) if cut is None else cut))
     out.graph.input.append(helper.make_tensor_value_info(SWITCH, onnx.TensorProto.FLOAT, [len(switchable)]))
     return out, switchable
 
@@ -277,7 +294,7 @@ def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: Cal
     out = []
     bar = iter(progress(range(len(names)), desc="int8 sensitivity", total=len(names)))
     for seg, start in zip(segments, starts):
-        model, nodes = switchable_model(reference, quantized, nodes=seg, start=start, types=types)
+        model, nodes = switchable_model(reference, quantized, nodes=seg, start=start, types=types, cut=cuts[start])
         sess = session(model, optimized=True)
         switch = np.zeros(len(nodes), np.float32)
         for k, node in enumerate(nodes):
