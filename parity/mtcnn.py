@@ -52,8 +52,9 @@ from batchforge.parity.report import Check
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext, ParitySession
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.loading import load_pipeline
+from batchforge.runtime.pipelines.mtcnn import FacesResult
 from batchforge.runtime.post import mtcnn as post
-from batchforge.runtime.results import Result
+from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.spec import EnsembleSpec, ModelSpec
 from batchforge.tolerances import limits_for
 
@@ -269,6 +270,8 @@ class MtcnnParity(FamilyParity):
             prepared = [pipeline.prepare(image, name) for name, image in images]
             batched, cropped = pipeline.cascade(prepared)
             sequential = [pipeline.run_prepared([p])[0] for p in prepared]
+        errors = [f"{r.source}: {r.message}" for r in batched if isinstance(r, ErrorRecord)]
+        batched, sequential = (_no_faces_for_errors(run, images) for run in (batched, sequential))
         tie_px = float(limits["landmark_px_max"].value)  # the tier's pixel tolerance (SPEC keypoints px)
         detector = reference_detector()
         reference = [reference_faces(detector, image, ours, tie_px) for (_, image), ours in zip(images, cropped)]
@@ -280,7 +283,15 @@ class MtcnnParity(FamilyParity):
                  f"({', '.join(n for n, _ in images)}): {sum(len(r.faces.probs) for r in reference)} reference "
                  f"faces, {total} ours; {moved} of its {crops} R-Net/O-Net crop windows cut at our pixel (a box "
                  f"corner within {tie_px:g} px of ours, truncated to the neighbouring pixel)"]
+        notes += [f"no faces counted for {error}" for error in errors]
         return checks, notes
+
+
+def _no_faces_for_errors(results: Sequence[Result], images: Sequence[tuple[str, np.ndarray]]) -> list[Result]:
+    """The results with each error record (a non-finite stage output) as an image without faces."""
+    return [FacesResult(r.source, image.shape[:2], np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                        np.zeros((0, 5, 2), np.float32)) if isinstance(r, ErrorRecord) else r
+            for r, (_, image) in zip(results, images)]
 
 
 def detector_checks(reference: Sequence[ReferenceFaces], results: Sequence[Result], limits: dict[str, Any],

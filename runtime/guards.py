@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from batchforge.errors import NonFiniteOutputError
+from batchforge.runtime.results import ErrorRecord
+
 ALLOCATION_FAILURE = re.compile(
     r"failed to allocate|bad_alloc|bad allocation|out of memory|CUDA_ERROR_OUT_OF_MEMORY|"
     r"cudaErrorMemoryAllocation|ALLOC_FAILED|OUT_OF_MEMORY|BFCArena.*(?:allocat|extend)",
@@ -87,3 +90,10 @@ def first_nonfinite(value: Any, path: str = "") -> str | None:
         if where is not None:
             return where
     return None
+
+
+def nonfinite_record(source: str, names: Sequence[str]) -> ErrorRecord:
+    """The error record of an input whose outputs ``names`` hold NaN or infinite values."""
+    return ErrorRecord(source, NonFiniteOutputError.__name__,
+                       f"{source}: output(s) {', '.join(map(repr, names))} hold NaN or infinite values; "
+                       "no result is written for this input (check it and the engine with `batchforge parity`)")

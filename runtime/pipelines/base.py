@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from batchforge.errors import AllocationError, BatchforgeError, InputValidationError, NonFiniteOutputError
+from batchforge.errors import AllocationError, BatchforgeError, InputValidationError
 from batchforge.runtime.batching import BatchBuffers, chunk_slices, infer_in_chunks, stack_feeds
-from batchforge.runtime.guards import is_allocation_failure, nonfinite_outputs, take_items
+from batchforge.runtime.guards import is_allocation_failure, nonfinite_outputs, nonfinite_record, take_items
 from batchforge.runtime.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -219,11 +219,7 @@ class Pipeline(abc.ABC):
             return self.postprocess(inferred.outputs, items)
         good = iter(self.postprocess(take_items(inferred.outputs, rows, keep), [items[i] for i in keep])
                     if keep else [])
-        return [next(good) if not names else ErrorRecord(
-                    item.source, NonFiniteOutputError.__name__,
-                    f"{item.source}: output(s) {', '.join(map(repr, names))} hold NaN or infinite values; "
-                    "no result is written for this input (check it and the engine with `batchforge parity`)")
-                for item, names in zip(items, bad)]
+        return [next(good) if not names else nonfinite_record(item.source, names) for item, names in zip(items, bad)]
 
     def run_guarded(self, items: Sequence[Prepared]) -> list[Result]:
         """``run_prepared`` with the guards: one result or error record per item, in order."""

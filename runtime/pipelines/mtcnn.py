@@ -18,6 +18,7 @@ import numpy as np
 
 from batchforge.errors import ConfigError, InputValidationError
 from batchforge.runtime.batching import infer_in_chunks
+from batchforge.runtime.guards import nonfinite_record
 from batchforge.runtime.images import to_rgb_uint8
 from batchforge.runtime.pipelines.base import Inferred, Pipeline, Prepared
 from batchforge.runtime.post import mtcnn as post
@@ -172,13 +173,17 @@ class MtcnnPipeline(Pipeline):
         if not items:
             return [], []
         images = [item.meta for item in items]
-        boxes, image_index = self.pnet_stage(images)
+        broken: dict[int, set[str]] = {}  # image -> the stage outputs that held NaN or inf for it
+        boxes, image_index = self.pnet_stage(images, broken)
         to_rnet = boxes[:, :4], image_index
-        boxes, image_index = self.rnet_stage(images, boxes, image_index)
+        boxes, image_index = self.rnet_stage(images, boxes, image_index, broken)
         to_onet = boxes[:, :4], image_index
-        boxes, probs, landmarks, image_index = self.onet_stage(images, boxes, image_index)
+        boxes, probs, landmarks, image_index = self.onet_stage(images, boxes, image_index, broken)
         results: list[Result] = []
         for i, item in enumerate(items):
+            if i in broken:
+                results.append(nonfinite_record(item.source, sorted(broken[i])))
+                continue
             mine = np.flatnonzero(image_index == i)
             results.append(FacesResult(item.source, item.meta.shape[:2], boxes[mine].astype(np.float32),
                                        probs[mine].astype(np.float32), landmarks[mine].astype(np.float32)))
@@ -197,9 +202,24 @@ class MtcnnPipeline(Pipeline):
         return self.run_prepared(inferred.items)
 
     # stages ----------------------------------------------------------------------------
-    def pnet_stage(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def finite_rows(self, stage: int, out: Mapping[str, np.ndarray], index: np.ndarray,
+                    broken: dict[int, set[str]]) -> np.ndarray:
+        """Which rows of a stage's outputs are finite; the image of any other row is noted in
+        ``broken`` with the outputs' names (its result becomes an error record)."""
+        ok = np.ones(len(index), bool)
+        for name, value in out.items():
+            finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+            for i in np.unique(index[~finite]):
+                broken.setdefault(int(i), set()).add(f"{self.members[stage][0].name}:{name}")
+            ok &= finite
+        return ok
+
+    def pnet_stage(self, images: Sequence[np.ndarray], broken: dict[int, set[str]] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """Candidate boxes (K, 5: xyxy + P-Net probability, regressed and squared) and their
-        image indices: P-Net over every image's pyramid, NMS per level and image, then per image."""
+        image indices: P-Net over every image's pyramid, NMS per level and image, then per image.
+        An image whose P-Net outputs hold NaN or inf is noted in ``broken`` and gets no box."""
+        broken = {} if broken is None else broken
         opts: post.MtcnnOptions = self.options
         spec, runner = self.members[0]
         # (level index, level shape) -> images sharing that input shape: one batched call each
@@ -212,7 +232,10 @@ class MtcnnPipeline(Pipeline):
         for (level, (height, width)), members in sorted(groups.items()):
             batch = np.stack([post.to_network(post.resize_area(images[i], height, width)) for i in members])
             out = infer_in_chunks(runner, {spec.inputs[0].name: batch}, self.stage_batch(0))
+            finite = self.finite_rows(0, out, np.asarray(members), broken)
             for j, i in enumerate(members):
+                if not finite[j]:
+                    continue
                 boxes, extra, _ = post.proposals(out["offsets"][j:j + 1],
                                                  post.face_probability(out["face_logit"][j:j + 1]),
                                                  scales[i][level], opts.thresholds[0])
@@ -238,16 +261,17 @@ class MtcnnPipeline(Pipeline):
             batch[mine] = post.crops(images[i], post.crop_windows(boxes[mine, :4], height, width), size)
         return infer_in_chunks(runner, {spec.inputs[0].name: batch}, self.stage_batch(stage))
 
-    def rnet_stage(self, images: Sequence[np.ndarray], boxes: np.ndarray, index: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def rnet_stage(self, images: Sequence[np.ndarray], boxes: np.ndarray, index: np.ndarray,
+                   broken: dict[int, set[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """R-Net over the 24x24 crops of every candidate of every image: threshold, NMS per image,
-        regression (+1 sizes), squaring."""
+        regression (+1 sizes), squaring. Rows with NaN or inf are dropped, their image noted."""
         if not len(boxes):
             return boxes, index
         opts: post.MtcnnOptions = self.options
         out = self._stage_outputs(1, images, boxes, index, post.RNET_SIZE)
+        finite = self.finite_rows(1, out, index, {} if broken is None else broken)
         prob = post.face_probability(out["face_logit"])
-        passed = prob > opts.thresholds[1]
+        passed = finite & (prob > opts.thresholds[1])
         boxes = np.concatenate([boxes[passed, :4], prob[passed, None]], axis=1)
         offsets, index = out["offsets"][passed], index[passed]
         keep = post.group_nms(boxes[:, :4], boxes[:, 4], index, opts.rnet_nms)
@@ -255,18 +279,21 @@ class MtcnnPipeline(Pipeline):
         regressed = post.square(post.regress(boxes[:, :4], offsets, plus_one=True))
         return np.concatenate([regressed, boxes[:, 4:5]], axis=1).astype(np.float32), index
 
-    def onet_stage(self, images: Sequence[np.ndarray], boxes: np.ndarray, index: np.ndarray
+    def onet_stage(self, images: Sequence[np.ndarray], boxes: np.ndarray, index: np.ndarray,
+                   broken: dict[int, set[str]] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """O-Net over the 48x48 crops: threshold, landmarks to original pixels, regression, then
-        the "Min"-overlap NMS per image. Returns (boxes, probabilities, landmarks, image index)."""
+        the "Min"-overlap NMS per image. Returns (boxes, probabilities, landmarks, image index).
+        Rows with NaN or inf are dropped, their image noted in ``broken``."""
         empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32),
                  np.zeros(0, np.int64))
         if not len(boxes):
             return empty
         opts: post.MtcnnOptions = self.options
         out = self._stage_outputs(2, images, boxes, index, post.ONET_SIZE)
+        finite = self.finite_rows(2, out, index, {} if broken is None else broken)
         prob = post.face_probability(out["face_logit"])
-        passed = prob > opts.thresholds[2]
+        passed = finite & (prob > opts.thresholds[2])
         probs, index = prob[passed], index[passed]
         landmarks = post.landmarks_to_pixels(boxes[passed, :4], out["landmarks"][passed])
         final = post.regress(boxes[passed, :4], out["offsets"][passed], plus_one=True)

@@ -107,3 +107,21 @@ def test_a_face_matches_a_near_tied_candidate_of_the_last_nms_only_within_twice_
     fp32 = run(Precision.FP32)  # not within 2 x 1e-4: measured against the face the reference kept
     assert {n for n, c in fp32.items() if not c.passed} == {"matched_iou_min", "face_prob_abs_max"}
     assert fp32["matched_iou_min"].value < 0.9 and "0 of 1 matched" in fp32["matched_iou_min"].detail
+
+
+def test_a_non_finite_engine_output_fails_recall_and_is_named(session, monkeypatch):
+    from batchforge.runtime.pipelines.mtcnn import MtcnnPipeline
+
+    real = MtcnnPipeline._stage_outputs
+
+    def onet_nan_for_the_camera(self, stage, images, boxes, index, size):
+        out = real(self, stage, images, boxes, index, size)
+        grey = [i for i, image in enumerate(images) if np.array_equal(image[..., 0], image[..., 2])]
+        if stage == 2:  # the cameraman is the one grey photograph, batched or alone
+            out["offsets"][np.isin(index, grey)] = np.nan
+        return out
+
+    monkeypatch.setattr(MtcnnPipeline, "_stage_outputs", onet_nan_for_the_camera)
+    checks, notes = checks_of(session)
+    assert {name for name, c in checks.items() if not c.passed} == {"face_recall"}
+    assert any(n.startswith("no faces counted for camera: ") and "'mtcnn_onet:offsets'" in n for n in notes), notes

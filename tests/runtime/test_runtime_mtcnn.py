@@ -90,3 +90,40 @@ def test_overlays_draw_the_found_face_and_nothing_partial(mtcnn_artifacts, astro
     for x, y in record["faces"][0]["landmarks"]:
         assert tuple(drawn[round(y), round(x)]) == (255, 0, 0)  # each landmark's dot
     assert changed.mean() < 0.05  # the rest of the photograph is untouched
+
+
+@pytest.mark.parametrize("stage, output, image", [(0, "offsets", 1), (1, "face_logit", 0), (2, "landmarks", 0)])
+def test_a_non_finite_stage_output_is_an_error_record_for_its_image_only(mtcnn_artifacts, astronaut, monkeypatch,
+                                                                          stage, output, image):
+    from batchforge.runtime.pipelines import mtcnn as pipelines
+    from batchforge.runtime.results import ErrorRecord
+
+    camera = np.ascontiguousarray(np.repeat(astronaut[::-1, :, :1], 3, axis=-1))
+    with load_pipeline("mtcnn", output_dir=mtcnn_artifacts, backend="onnxruntime") as pipeline:
+        prepared = [pipeline.prepare(astronaut, "astronaut"), pipeline.prepare(camera, "flipped")]
+        clean = pipeline.run_guarded(prepared)
+        real_infer, real_stage = pipelines.infer_in_chunks, pipeline._stage_outputs
+
+        def pnet_nan(runner, feed, batch):  # the first level of both images: one batch, image 1 second
+            out = real_infer(runner, feed, batch)
+            if runner is pipeline.members[0][1] and not calls:
+                out[output][image] = np.nan
+            calls.append(1)
+            return out
+
+        def stage_nan(k, images, boxes, index, size):
+            out = real_stage(k, images, boxes, index, size)
+            if k == stage:
+                out[output][index == image] = np.inf
+            return out
+
+        calls: list[int] = []
+        if stage == 0:
+            monkeypatch.setattr(pipelines, "infer_in_chunks", pnet_nan)
+        else:
+            monkeypatch.setattr(pipeline, "_stage_outputs", stage_nan)
+        results = pipeline.run_guarded(prepared)
+    bad, good = results[image], results[1 - image]
+    assert isinstance(bad, ErrorRecord) and bad.error_type == "NonFiniteOutputError"
+    assert f"'mtcnn_{('pnet', 'rnet', 'onet')[stage]}:{output}'" in bad.message
+    assert json.dumps(good.to_record(), allow_nan=False) == json.dumps(clean[1 - image].to_record(), allow_nan=False)
