@@ -108,6 +108,9 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
         from batchforge.runtime.overlays import OverlayWriter
 
         overlays = OverlayWriter(args.overlays, pipeline.family)
+    if executor is None and workers and not pipeline.overlaps_stages:
+        print(f"{args.model}: every stage runs on one thread in input order; --workers {workers} does not apply",
+              file=sys.stderr)
     if executor is None:
         side_outputs = pipeline.place_side_outputs(Path(args.output))
         if side_outputs is not None:

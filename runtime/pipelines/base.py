@@ -79,6 +79,7 @@ class Pipeline(abc.ABC):
     family: ClassVar[str]
     options_type: ClassVar[type]
     input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES  # what `run --input DIR` picks up
+    overlaps_stages: ClassVar[bool] = True  # run_sources reads ahead on ``workers`` threads
 
     def __init__(self, spec: ModelSpec, runner: Runner, options: Any = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

@@ -155,6 +155,7 @@ class PtychoPipeline(Pipeline):
     """Diffraction -> patches (per item) and, for scans, patches -> one stitched object."""
 
     family = "ptycho"
+    overlaps_stages = False  # scans are read, inferred and stitched in order on one thread
     options_type = PtychoOptions
     input_suffixes = SCAN_SUFFIXES
 

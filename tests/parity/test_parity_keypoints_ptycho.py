@@ -128,7 +128,7 @@ def test_stitch_crop_size_off_by_one_fails(dense_artifacts, tmp_path, capsys):
         assert "FAIL ptycho [fp32] stitched_rel_error" in out and f"crop {crop}," in out
 
 
-def test_run_writes_keypoint_records_and_stitched_objects(dense_artifacts, tmp_path):
+def test_run_writes_keypoint_records_and_stitched_objects(dense_artifacts, tmp_path, capsys):
     from batchforge.export.samples import write_samples
     from batchforge.export.samples.ptycho import simulate_scan, write_scan
 
@@ -142,8 +142,10 @@ def test_run_writes_keypoint_records_and_stitched_objects(dense_artifacts, tmp_p
     scans = tmp_path / "scans"
     write_scan(scans / "demo.npz", simulate_scan(1, grid=3))
     out = tmp_path / "ptycho.jsonl"
-    assert main(["run", "ptycho", "--input", str(scans), "--output", str(out),
+    assert main(["run", "ptycho", "--input", str(scans), "--output", str(out), "--workers", "2",
                  "--output-dir", str(dense_artifacts), "--backend", "onnxruntime", "--threads", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "ptycho: every stage runs on one thread in input order; --workers 2 does not apply" in err
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["object_file"] == str(tmp_path / "ptycho.objects" / "demo.object.npy")  # beside the JSONL
     assert sorted(p.name for p in scans.iterdir()) == ["demo.npz"]  # nothing written among the inputs
