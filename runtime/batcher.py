@@ -4,8 +4,9 @@
 request; one thread takes the oldest request, waits up to ``max_delay_ms`` from its arrival for
 more, and runs up to ``max_batch`` of them as one batch through the pipeline's guards (allocation
 back-off, non-finite outputs -> ErrorRecord). A full queue refuses at once (``QueueFullError``:
-back-pressure), a request still queued past its timeout fails with ``TimeoutError`` when the
-batcher reaches it, and ``close()`` runs what is queued and stops.
+back-pressure), a request still queued at its deadline fails with ``TimeoutError`` then (a
+second thread watches the deadlines, so a long batch in inference does not delay it), and
+``close()`` runs what is queued and stops.
 
 Usage::
 
@@ -83,6 +84,8 @@ class DynamicBatcher:
         self._counts = Counter[str]()
         self._thread = threading.Thread(target=self._serve, name="batchforge-batcher", daemon=True)
         self._thread.start()
+        self._reaper = threading.Thread(target=self._expire, name="batchforge-batcher-timeouts", daemon=True)
+        self._reaper.start()
 
     # callers ---------------------------------------------------------------------------
     def submit(self, item: Any, source: str | None = None, *, timeout_ms: float | None = None) -> Future[Result]:
@@ -110,7 +113,7 @@ class DynamicBatcher:
         with self._cond:
             self._check_room()
             self._queue.append(_Request(prepared, future, now, None if timeout is None else now + timeout / 1000))
-            self._cond.notify()
+            self._cond.notify_all()  # the batcher's thread and the deadline watcher
         return future
 
     def _check_room(self) -> None:
@@ -129,6 +132,7 @@ class DynamicBatcher:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout)
+        self._reaper.join(timeout)
 
     def __enter__(self) -> DynamicBatcher:
         return self
@@ -176,7 +180,34 @@ class DynamicBatcher:
                         break
                     self._cond.wait(remaining)
                 batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                self._cond.notify_all()  # the deadline watcher stops once closed and drained
             yield batch
+
+    def _expire(self) -> None:
+        """The deadline watcher: fails each queued request at its deadline, while the batcher's
+        thread may be busy with a batch; ends once the batcher is closed and its queue drained."""
+        while True:
+            with self._cond:
+                if self._closed and not self._queue:
+                    return
+                now = time.perf_counter()
+                expired = [r for r in self._queue if r.deadline is not None and r.deadline <= now]
+                if expired:
+                    self._queue = deque(r for r in self._queue if r.deadline is None or r.deadline > now)
+                else:
+                    deadlines = [r.deadline for r in self._queue if r.deadline is not None]
+                    self._cond.wait(min(deadlines) - now if deadlines else None)
+                    continue
+            for request in expired:  # outside the lock: a future's callbacks run here
+                if request.future.set_running_or_notify_cancel():
+                    self._time_out(request, now)
+
+    def _time_out(self, request: _Request, now: float) -> None:
+        waited = 1000 * (now - request.enqueued)
+        request.future.set_exception(TimeoutError(
+            f"{request.prepared.source}: waited {waited:.1f} ms in the batcher's queue, past its "
+            f"timeout of {1000 * (request.deadline - request.enqueued):.1f} ms"))  # type: ignore[operator]
+        self._count("timeouts")
 
     def _run(self, batch: list[_Request]) -> None:
         now = time.perf_counter()
@@ -184,12 +215,8 @@ class DynamicBatcher:
         for request in batch:
             if not request.future.set_running_or_notify_cancel():
                 continue  # the caller cancelled it
-            if request.deadline is not None and now > request.deadline:
-                waited = 1000 * (now - request.enqueued)
-                request.future.set_exception(TimeoutError(
-                    f"{request.prepared.source}: waited {waited:.1f} ms in the batcher's queue, past its "
-                    f"timeout of {1000 * (request.deadline - request.enqueued):.1f} ms"))
-                self._count("timeouts")
+            if request.deadline is not None and now > request.deadline:  # expired since it was taken
+                self._time_out(request, now)
                 continue
             live.append(request)
         if not live:

@@ -63,16 +63,16 @@ def test_full_queue_raises_and_a_stale_request_times_out(pipeline, monkeypatch):
     try:
         first = batcher.submit(image, "first")
         assert gate.entered.wait(WAIT)  # the batcher's thread holds it in inference
-        stale = batcher.submit(image, "stale", timeout_ms=1)
+        stale = batcher.submit(image, "stale", timeout_ms=500)
         queued = batcher.submit(image, "queued")
         with pytest.raises(QueueFullError, match="queue is full \\(2 requests waiting\\)"):
             batcher.submit(image, "one too many")
-        threading.Event().wait(0.01)  # the stale request's 1 ms passes while it is queued
+        assert isinstance(stale.exception(timeout=WAIT), TimeoutError)  # its 500 ms pass while queued
     finally:
         gate.open.set()
         batcher.close(timeout=WAIT)
     assert first.result(timeout=WAIT).source == "first" and queued.result(timeout=WAIT).source == "queued"
-    with pytest.raises(TimeoutError, match=r"stale: waited .* past its timeout of 1\.0 ms"):
+    with pytest.raises(TimeoutError, match=r"stale: waited .* past its timeout of 500\.0 ms"):
         stale.result(timeout=WAIT)
     stats = batcher.stats()
     assert (stats["requests"], stats["timeouts"], stats["rejected"]) == (2, 1, 1)
@@ -113,3 +113,24 @@ def test_one_onnxruntime_session_serves_many_threads(pipeline):
         concurrent = list(threads.map(lambda feed: runner.infer(feed)["embedding"], feeds))
     for a, b in zip(concurrent, sequential):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_queued_request_times_out_at_its_deadline_while_a_batch_is_in_inference(pipeline, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", lambda runner, feed: gate(runner, feed))
+    image = random_images(1)[0]
+    batcher = DynamicBatcher(pipeline, max_batch=1, max_delay_ms=0)
+    try:
+        first = batcher.submit(image, "first")
+        assert gate.entered.wait(WAIT)  # the batcher's thread is held in inference
+        late = batcher.submit(image, "late", timeout_ms=20)
+        error = late.exception(timeout=WAIT)  # arrives while the first batch is still held
+        assert not gate.open.is_set() and not first.done()
+        assert isinstance(error, TimeoutError) and "late: waited" in str(error)
+        assert batcher.stats()["queued"] == 0
+    finally:
+        gate.open.set()
+        batcher.close(timeout=WAIT)
+    assert first.result(timeout=WAIT).source == "first"
+    assert not batcher._reaper.is_alive()
+    assert batcher.stats()["timeouts"] == 1
