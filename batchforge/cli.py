@@ -127,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler="batchforge.calibration.commands:cmd_convert")
 
-    p = sub.add_parser("calibrate", help="FP32 ONNX -> model.int8.onnx (Q/DQ) + calibration.json",
+    p = sub.add_parser("calibrate", help="FP32 ONNX -> model.int8.onnx (TensorRT Q/DQ) + model.int8.cpu.onnx "
+                                         "(ONNX Runtime CPU) + calibration.json",
                        description="Static INT8 quantization (onnxruntime.quantization, per-channel "
                                    "weights) with a measured per-node sensitivity pass that keeps the "
-                                   "most harmful nodes in FP32.")
+                                   "most harmful nodes in FP32. One calibration writes two artifacts: "
+                                   "model.int8.onnx, Q/DQ placed for TensorRT (symmetric int8), and "
+                                   "model.int8.cpu.onnx, the form ONNX Runtime's CPU kernels fuse "
+                                   "(uint8 activations, QLinearConv/QLinearAdd...), which the CPU "
+                                   "backend runs.")
     p.add_argument("models", nargs="*", metavar="MODEL", help="models or ensembles (members are calibrated)")
     p.add_argument("--all", action="store_true", help="every exported zoo model")
     _add_calibration_data(p)
@@ -145,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep this node in FP32 in addition to the measured ones (repeatable)")
     p.add_argument("--max-excluded", type=NON_NEGATIVE, default=None, metavar="N",
                    help="at most N nodes kept in FP32 by the sensitivity pass (default: family's)")
+    p.add_argument("--cpu-target", default="auto", choices=("auto", "vnni", "no-vnni"),
+                   help="CPUs the CPU artifact is made for: vnni (8-bit weights; AVX512-VNNI or AVX-VNNI "
+                        "needed to run it fused), no-vnni (7-bit weights, ONNX Runtime's reduce_range: "
+                        "fused without 16-bit saturation on any x86 CPU, slightly less accurate) or "
+                        "auto (this CPU's, default)")
     _add_common(p)
     p.set_defaults(handler="batchforge.calibration.commands:cmd_calibrate")
 
@@ -239,13 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(handler="batchforge.runtime.commands:cmd_gallery")
 
-    p = sub.add_parser("bench", help="throughput: raw session.run vs runner vs PyTorch eager",
+    p = sub.add_parser("bench", help="throughput: raw session.run vs runner vs PyTorch eager, or "
+                                     "precisions against FP32",
                        description="Images/s per batch size for raw InferenceSession.run, the "
-                                   "batchforge runner and PyTorch eager, same threads and inputs.")
+                                   "batchforge runner and PyTorch eager, same threads and inputs. With "
+                                   "several precisions (--precision fp32,fp16,int8): each precision's "
+                                   "runner (the artifact `run` loads) timed interleaved, as a ratio to "
+                                   "FP32, with the fused int8 node counts; a precision slower than FP32 "
+                                   "is named.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--batch-sizes", default="1,8", help="comma list (default: 1,8)")
     p.add_argument("--repeats", type=POSITIVE, default=5, help="timed runs per point, median reported")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="fp32", metavar="P[,P...]",
+                   help="fp32, fp16 or int8; a comma list compares them (default: fp32)")
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a throughput plot (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager column")

@@ -49,7 +49,10 @@ def _data_path(args: argparse.Namespace, model: str, family: str) -> str | None:
 
 
 def _run(args: argparse.Namespace, precision: Precision,
-         work: Callable[[Path, Path, Any], dict[str, Any]]) -> int:
+         work: Callable[[Path, dict[str, Path], Any], dict[str, Any]]) -> int:
+    """``work(fp32, outputs, data)`` writes each output file (role -> temporary path; ``onnx`` is
+    the precision's model) and returns the record's fields; each finished file is renamed into
+    place and hashed into the record under its role."""
     from batchforge.calibration.data import load_calibration_data
     from batchforge.export.exporter import library_versions
 
@@ -63,15 +66,18 @@ def _run(args: argparse.Namespace, precision: Precision,
                                      samples=args.samples, allow_synthetic=args.allow_synthetic,
                                      allow_random=args.allow_random_data)
         out = artifacts.onnx(precision)
-        tmp = out.with_name(f".{out.name}.tmp")
+        finals = {"onnx": out, **({"cpu_onnx": artifacts.cpu_int8_onnx} if precision is Precision.INT8 else {})}
+        temps = {role: path.with_name(f".{path.name}.tmp") for role, path in finals.items()}
         try:
-            details = work(fp32, tmp, data)
-            tmp.replace(out)
+            details = work(fp32, temps, data)
+            for role, path in finals.items():
+                temps[role].replace(path)
         finally:
-            tmp.unlink(missing_ok=True)
+            for path in temps.values():
+                path.unlink(missing_ok=True)
         record = {
             "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
-            "onnx": file_record(out, artifacts.dir),
+            **{role: file_record(path, artifacts.dir) for role, path in finals.items()},
             "source_sha256": artifacts.export_record()["onnx"]["sha256"],
             "data": data.record(),
             **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
@@ -93,14 +99,21 @@ def _summary(details: dict[str, Any]) -> str:
     if "kept_fp32" in details:
         return f"{len(details['kept_fp32'])} of {details['nodes']} nodes kept FP32"
     effect = details["effect"]
-    return (f"{len(details['excluded_by_sensitivity'])} node(s) kept FP32 by sensitivity; output cosine "
+    line = (f"{len(details['excluded_by_sensitivity'])} node(s) kept FP32 by sensitivity; output cosine "
             f"vs FP32 min {effect['final_min_cosine']:.4f} (all-int8 {effect['full_int8_min_cosine']:.4f})")
+    if "cpu" in details:
+        from batchforge.calibration.int8_cpu import fusion_summary
+
+        cpu = details["cpu"]
+        line += (f"; CPU artifact ({cpu['target']}) min {cpu['effect']['min_cosine']:.4f}, "
+                 f"{fusion_summary(cpu['fusion'])}")
+    return line
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from batchforge.calibration.fp16 import convert_to_fp16
 
-    return _run(args, Precision.FP16, lambda src, dst, data: convert_to_fp16(src, dst, data, args.block))
+    return _run(args, Precision.FP16, lambda src, dst, data: convert_to_fp16(src, dst["onnx"], data, args.block))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -108,5 +121,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     kwargs = {} if args.max_excluded is None else {"max_excluded": args.max_excluded}
     options = Int8Options(method=args.method, target_cosine=args.target_cosine,
-                          user_excluded=tuple(args.exclude), **kwargs)
-    return _run(args, Precision.INT8, lambda src, dst, data: calibrate_int8(src, dst, data, options))
+                          user_excluded=tuple(args.exclude), cpu_target=args.cpu_target, **kwargs)
+    return _run(args, Precision.INT8,
+                lambda src, dst, data: calibrate_int8(src, dst["onnx"], data, options, dst["cpu_onnx"]))

@@ -62,8 +62,11 @@ class Int8Options:
     target_cosine: float = 0.995
     max_excluded: int = 16
     user_excluded: tuple[str, ...] = ()
+    cpu_target: str = "auto"  # the CPU artifact's target: auto (this CPU), vnni or no-vnni
 
     def __post_init__(self) -> None:
+        if self.cpu_target not in ("auto", "vnni", "no-vnni"):
+            raise CalibrationError(f"unknown CPU int8 target {self.cpu_target!r}; expected auto, vnni or no-vnni")
         if self.method not in METHODS:
             raise CalibrationError(f"unknown calibration method {self.method!r}; expected one of {METHODS}")
         if self.max_excluded < 0:
@@ -86,9 +89,11 @@ def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: 
               method: str, cache: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    with _quiet_quantizer():
+    with quiet_quantizer():
         if not cache.is_file():  # calibrated once per run, batch by batch; quantize_static reads the cache
-            write_ranges(fp32_path, data, cache, method, QUANTIZED_OPS,
+            # one calibration for both artifacts: the TensorRT ops' tensors and the CPU form's
+            # (a tensor's range does not depend on which others are calibrated beside it)
+            write_ranges(fp32_path, data, cache, method, calibrated_ops(),
                          {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_LEVELS}
                          if method == "entropy" else None)
         quantize_static(
@@ -109,7 +114,7 @@ def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: 
 
 
 @contextlib.contextmanager
-def _quiet_quantizer():
+def quiet_quantizer():
     """onnxruntime.quantization prints histogram notes to stdout and pre-processing advice to
     the root logger on every call; neither is actionable for batchforge users."""
     root = logging.getLogger()
@@ -122,6 +127,13 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
+def calibrated_ops() -> list[str]:
+    """The op types whose tensors get ranges: the TensorRT Q/DQ model's and the CPU form's."""
+    from batchforge.calibration.int8_cpu import cpu_quantized_ops
+
+    return sorted(set(QUANTIZED_OPS) | set(cpu_quantized_ops()))
+
+
 Outputs = list[tuple[dict[str, np.ndarray], list[np.ndarray]]]  # (feed, FP32 outputs) per batch
 
 
@@ -131,9 +143,11 @@ def reference_outputs(reference: onnx.ModelProto, data: CalibrationData) -> Outp
     return [(feed, sess.run(None, feed)) for feed in data.batches(8, limit=EVAL_ITEMS)]
 
 
-def output_agreement(expected: Outputs, candidate_path: Path) -> tuple[float, float]:
-    """(min, mean) cosine between FP32 and candidate outputs per item, over all outputs."""
-    cand_sess = session(load_model(candidate_path))
+def output_agreement(expected: Outputs, candidate_path: Path, *, fused: bool = False) -> tuple[float, float]:
+    """(min, mean) cosine between FP32 and candidate outputs per item, over all outputs.
+    ``fused``: through ONNX Runtime's CPU kernels at level "all" (what the CPU artifact runs),
+    else as written."""
+    cand_sess = fused_session(candidate_path) if fused else session(load_model(candidate_path))
     cosines = [c for feed, want in expected for c in _output_cosines(want, cand_sess.run(None, feed))]
     return float(np.min(cosines)), float(np.mean(cosines))
 
@@ -310,9 +324,24 @@ def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: Cal
     return sorted(out, key=lambda s: -s.output_drop)
 
 
+def fused_session(path: Path):
+    """An ONNX Runtime CPU session at level "all": Q/DQ fused into int8 kernels where it can."""
+    import onnxruntime as ort
+
+    from batchforge.runtime.runners.onnxruntime import follow_wait_policy
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    follow_wait_policy(options)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                   data: CalibrationData, options: Int8Options = Int8Options()) -> dict[str, object]:
-    """Writes the Q/DQ model and returns the calibration report fields."""
+                   data: CalibrationData, options: Int8Options = Int8Options(),
+                   cpu_out_path: str | os.PathLike[str] | None = None) -> dict[str, object]:
+    """Writes the TensorRT Q/DQ model (and, with ``cpu_out_path``, the CPU artifact from the same
+    ranges and exclusions) and returns the calibration report fields."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     reference = load_model(fp32_path)
     names = {n.name for n in reference.graph.node}
@@ -348,6 +377,9 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         best = _choose(steps, options.target_cosine)
         chosen = int(best["excluded"])
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
+        excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
+        cpu = (_write_cpu_form(fp32_path, Path(cpu_out_path), data, excluded, options, cache, expected)
+               if cpu_out_path is not None else None)
     return {
         "method": options.method,
         "quantized_op_types": list(QUANTIZED_OPS),
@@ -360,7 +392,25 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         "steps": steps,
         "effect": {"full_int8_min_cosine": steps[0]["min_cosine"], "final_min_cosine": best["min_cosine"],
                    "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},
+        **({"cpu": cpu} if cpu is not None else {}),
     }
+
+
+def _write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: list[str],
+                    options: Int8Options, cache: Path, expected: Outputs) -> dict[str, object]:
+    """The CPU artifact (``int8_cpu``) with the chosen exclusions, its fused output agreement and
+    how ONNX Runtime runs it."""
+    from batchforge.calibration.int8_cpu import SCHEME, CpuInt8Target, fusion_counts, quantize_cpu
+
+    target = (CpuInt8Target.for_this_cpu() if options.cpu_target == "auto"
+              else CpuInt8Target(options.cpu_target))
+    tail = quantize_cpu(fp32_path, out, data, excluded, options.method, cache, target)
+    return {"target": target.value, "reduce_range": target is CpuInt8Target.NO_VNNI,
+            "output_tail_fp32": tail,
+            "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if target is CpuInt8Target.NO_VNNI else ""),
+            "excluded": excluded,
+            "effect": _agreement_dict(output_agreement(expected, out, fused=True)),
+            "fusion": fusion_counts(out)}
 
 
 def _best_mean(steps: list[dict[str, float]]) -> float:

@@ -10,6 +10,10 @@ The offline level is the runner's online level capped at "extended" (``offline_l
 Runtime documents that the layout optimisations of level "all" make a saved model specific to
 the hardware it was saved on, so the runner applies them online at load time, where they are
 cheap; INT8 on CPUs without VNNI stays at "basic" (``cpu_graph_optimization``).
+
+INT8 on the CPU provider is built from ``model.int8.cpu.onnx``, the form its int8 kernels fuse
+(``runtime.loading.ort_source`` picks the same file the runner would run); the manifest records
+how many nodes were fused and how many convolutions/matrix products stayed FP32.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from batchforge.engines.records import calibration_sha256
 from batchforge.errors import BuildError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, sha256_file
 from batchforge.runtime.backends import Backend
-from batchforge.runtime.loading import cpu_graph_optimization, ort_provider_setup
+from batchforge.runtime.loading import ort_provider_setup, ort_source
 from batchforge.runtime.manifest import OrtEngineManifest, offline_level, write_manifest
 from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, inference_session
 
@@ -46,10 +50,10 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
         raise BuildError(f"an ONNX Runtime artifact can be optimised for onnxruntime-cpu or -cuda, "
                          f"not {backend.value}")
     ort = import_onnxruntime()
-    source = artifacts.verified_onnx(precision)
+    source, online_level, _ = ort_source(artifacts, precision, backend)
     spec = artifacts.spec()
     providers, provider_options = ort_provider_setup(artifacts, spec, precision, backend)
-    level = offline_level(cpu_graph_optimization(precision, backend))
+    level = offline_level(online_level)
     target = artifacts.ort_engine(precision)
     scratch = target.with_name(f".{target.name}.partial")
     scratch.unlink(missing_ok=True)
@@ -64,17 +68,27 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
     if not scratch.is_file():
         raise BuildError(f"ONNX Runtime {ort.__version__} did not write the optimised model {scratch}")
     os.replace(scratch, target)
+    fusion = None
+    if precision is Precision.INT8 and backend is Backend.ONNXRUNTIME_CPU:
+        from batchforge.calibration.int8_cpu import fusion_counts
+
+        fusion = fusion_counts(target, level=online_level)  # as the runner will load it
     manifest = OrtEngineManifest(
         model=artifacts.model, precision=precision.value, onnxruntime_version=ort.__version__,
         providers=tuple(providers), provider_options=tuple(dict(o) for o in provider_options),
         graph_optimization=level, source_file=source.name, source_sha256=sha256_file(source),
         engine_file=target.name, engine_sha256=sha256_file(target),
         calibration_sha256=calibration_sha256(artifacts, precision), spec=spec.to_dict(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), fusion=fusion)
     write_manifest(artifacts.ort_manifest(precision), manifest)
+    fused = ""
+    if fusion is not None:
+        from batchforge.calibration.int8_cpu import fusion_summary
+
+        fused = f" from {source.name}; {fusion_summary(fusion)}"
     print(f"{artifacts.model} [{precision.value}]: ONNX Runtime {ort.__version__} optimised "
           f"({level}, {', '.join(providers)}) -> {_rel(target)} in "
-          f"{time.perf_counter() - start:.1f} s")
+          f"{time.perf_counter() - start:.1f} s{fused}")
     return manifest
 
 

@@ -1,8 +1,11 @@
 """``batchforge bench``: images/s of raw ``InferenceSession.run``, the batchforge runner and
-PyTorch eager, measured interleaved in one run on the same inputs and thread count.
+PyTorch eager, measured interleaved in one run on the same inputs and thread count; with several
+precisions (``--precision fp32,fp16,int8``), each precision's runner (the artifact ``run`` loads)
+interleaved, as a ratio to FP32, with how ONNX Runtime ran it (fused int8 node counts).
 
-Ratios are what to compare (runner/raw time, ORT speed-up over eager); absolute numbers depend
-on the machine. PyTorch is optional: without it (a runtime-only install) its column is skipped.
+Ratios are what to compare (runner/raw time, ORT speed-up over eager, int8/fp32); absolute
+numbers depend on the machine. PyTorch is optional: without it (a runtime-only install) its
+column is skipped.
 """
 
 from __future__ import annotations
@@ -85,6 +88,71 @@ def bench(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, 
     return rows
 
 
+def compare_precisions(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, repeats: int,
+                       precisions: list[Precision], backend: str) -> dict[str, Any]:
+    """Each precision's runner, timed interleaved at each batch size (medians), as ratios to the
+    first precision (FP32 when given). Returns ``{"baseline", "rows", "artifacts"}``: one row per
+    batch size, ``{"batch", P: {"s", "ips", "ratio"}}``; ``artifacts[P]``: the runner's name and,
+    for a Q/DQ model on the CPU provider, its fused / FP32 node counts."""
+    concrete = resolve_backend(backend)
+    artifacts = ModelArtifacts.at(output_dir, model)
+    spec = artifacts.spec()
+    for batch in batch_sizes:
+        if batch > spec.profile.max:
+            raise UsageError(f"batch {batch} is above {model}'s profile max {spec.profile.max}")
+    runners = {p: open_runner(artifacts, precision=p, backend=concrete, threads=threads, spec=spec)
+               for p in precisions}
+    about: dict[str, Any] = {}
+    for p, runner in runners.items():
+        about[p.value] = {"runner": runner.name}
+        if p is Precision.INT8 and concrete.value == "onnxruntime-cpu":
+            from batchforge.calibration.int8_cpu import fusion_counts
+
+            about[p.value]["fusion"] = fusion_counts(runner.model, level=runner.options.graph_optimization)
+    rng = np.random.default_rng(0)
+    rows = []
+    for runner in runners.values():
+        runner.activate()
+    try:
+        for batch in batch_sizes:
+            feed = {t.name: rng.normal(size=(batch, *[int(d) for d in t.item_shape])).astype(t.dtype)
+                    for t in spec.inputs}
+            times: dict[Precision, list[float]] = {p: [] for p in runners}
+            for p, runner in runners.items():  # warm-up
+                runner.infer(feed)
+            for _ in range(repeats):  # interleaved so drift hits every precision alike
+                for p, runner in runners.items():
+                    start = time.perf_counter()
+                    runner.infer(feed)
+                    times[p].append(time.perf_counter() - start)
+            medians = {p: statistics.median(v) for p, v in times.items()}
+            base = medians[precisions[0]]
+            rows.append({"batch": batch, **{p.value: {"s": medians[p], "ips": batch / medians[p],
+                                                      "ratio": base / medians[p]} for p in runners}})
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return {"baseline": precisions[0].value, "rows": rows, "artifacts": about}
+
+
+def _print_precisions(model: str, result: dict[str, Any], backend: str, threads: int, repeats: int) -> None:
+    from batchforge.calibration.int8_cpu import fusion_summary
+
+    names = [k for k in result["rows"][0] if k != "batch"]
+    print(f"{model} on {backend}, threads={threads or 'default'}, median of {repeats}, interleaved; "
+          f"speed as a ratio to {result['baseline']}")
+    print(f"{'batch':>5} " + " ".join(f"{n + ' img/s':>11} {n + '/' + result['baseline']:>10}" for n in names))
+    for r in result["rows"]:
+        print(f"{r['batch']:>5} " + " ".join(f"{r[n]['ips']:>11.2f} {r[n]['ratio']:>9.2f}x" for n in names))
+    for n, info in result["artifacts"].items():
+        print(f"  {n}: {info['runner']}" + (f"; {fusion_summary(info['fusion'])}" if "fusion" in info else ""))
+    for n in names:
+        slower = [r["batch"] for r in result["rows"] if r[n]["ratio"] < 1.0]
+        if n != result["baseline"] and slower:
+            print(f"note: {n} is slower than {result['baseline']} on {backend} at batch "
+                  f"{', '.join(map(str, slower))}")
+
+
 def _raw_session(runner: Any) -> Any:
     import onnxruntime as ort
 
@@ -118,8 +186,22 @@ def _torch_call(module: Any, feed: dict[str, np.ndarray], names: tuple[str, ...]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    precisions = Precision.parse_list(args.precision)
+    if len(precisions) > 1:
+        if Precision.FP32 in precisions:  # the baseline first
+            precisions = [Precision.FP32, *(p for p in precisions if p is not Precision.FP32)]
+        result = compare_precisions(args.model, output_dir=args.output_dir, batch_sizes=_batch_sizes(args.batch_sizes),
+                                    threads=args.threads, repeats=args.repeats, precisions=precisions,
+                                    backend=args.backend)
+        backend = resolve_backend(args.backend).value
+        _print_precisions(args.model, result, backend, args.threads, args.repeats)
+        if args.json:
+            write_json_atomic(args.json, {"model": args.model, "backend": backend, "threads": args.threads,
+                                          "repeats": args.repeats, **result})
+            print(f"wrote {args.json}")
+        return 0
     rows = bench(args.model, output_dir=args.output_dir, batch_sizes=_batch_sizes(args.batch_sizes),
-                 threads=args.threads, repeats=args.repeats, precision=Precision(args.precision),
+                 threads=args.threads, repeats=args.repeats, precision=precisions[0],
                  backend=args.backend, with_torch=not args.no_torch)
     has_torch = "torch_s" in rows[0]
     print(f"{args.model} [{args.precision}] on {resolve_backend(args.backend).value}, "

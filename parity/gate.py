@@ -118,6 +118,7 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
     """All checks for one model (or ensemble) at one precision."""
     report = ModelReport(name, precision.value, session.backend)
     start = time.perf_counter()
+    ensemble = None
     try:
         ensemble = ensemble_spec(session.output_dir, name)
         if ensemble is not None:
@@ -151,6 +152,9 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
         report.error = exc.one_line()
     finally:
         session.release(name, precision)
+    members = list(ensemble.member_names) if ensemble is not None else []
+    report.artifacts = [a for key in [name, *members]
+                        for a in session.runner_names.get((key, precision.value), [])]
     listed = known_failure(name, precision)  # models and ensembles alike
     if listed and report.passed:
         report.notes.append("listed in KNOWN_FAILURES (batchforge/tolerances.py) but passed: remove the entry")

@@ -266,6 +266,7 @@ class MtcnnParity(FamilyParity):
         images = photographs(session.eval_size or PHOTOGRAPHS, SEED_EVAL)
         pipeline = load_pipeline(ensemble.name, output_dir=session.output_dir, precision=precision,
                                  backend=session.backend, threads=session.threads)
+        session.ran(ensemble.name, precision, pipeline)
         with pipeline:
             prepared = [pipeline.prepare(image, name) for name, image in images]
             batched, cropped = pipeline.cascade(prepared)

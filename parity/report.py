@@ -41,6 +41,7 @@ class ModelReport:
     seconds: float = 0.0
     localisation: dict[str, Any] | None = None
     known_failure: str | None = None  # the listed reason, for a zoo run measured to fail
+    artifacts: list[str] = field(default_factory=list)  # the runners that ran (model:precision:backend[:artifact])
 
     @property
     def passed(self) -> bool:
@@ -58,7 +59,8 @@ class ModelReport:
         return {"model": self.model, "precision": self.precision, "backend": self.backend,
                 "status": self.status, "error": self.error, "seconds": round(self.seconds, 2),
                 "notes": self.notes, "checks": [c.as_dict() for c in self.checks],
-                "localisation": self.localisation, "known_failure": self.known_failure}
+                "localisation": self.localisation, "known_failure": self.known_failure,
+                "artifacts": self.artifacts}
 
 
 def _fmt(value: float) -> str:
@@ -83,7 +85,8 @@ def to_markdown(reports: list[ModelReport]) -> str:
             mark = "pass" if c.passed else "**FAIL**"
             lines.append(f"| {r.model} | {r.precision} | {r.backend} | {c.name} | {_fmt(c.value)} | "
                          f"{c.limit.symbol} {_fmt(c.limit.value)} | {mark} |")
-    notes = [f"- {r.model} {r.precision}: {n}" for r in reports for n in r.notes]
+    notes = [f"- {r.model} {r.precision}: ran {', '.join(r.artifacts)}" for r in reports if r.artifacts]
+    notes += [f"- {r.model} {r.precision}: {n}" for r in reports for n in r.notes]
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"

@@ -130,6 +130,12 @@ class ParitySession:
         self._reference_runs: dict[tuple[str, str], ReferenceRun] = {}
         self._engine_runs: dict[tuple[str, str, str], EngineRun] = {}
         self._eval_sets: dict[str, EvalSet] = {}
+        self.runner_names: dict[tuple[str, str], list[str]] = {}  # the artifacts each run loaded
+
+    def ran(self, name: str, precision: Precision, pipeline: Any) -> None:
+        """Records which artifacts ``pipeline`` runs for ``name`` at ``precision`` (the report says)."""
+        names = self.runner_names.setdefault((name, precision.value), [])
+        names += [r.name for r in pipeline.runners if r.name not in names]
 
     def artifacts(self, name: str) -> ModelArtifacts:
         return ModelArtifacts.at(self.output_dir, name)
@@ -200,6 +206,7 @@ class ParitySession:
             pipeline = load_pipeline(name, output_dir=self.output_dir, precision=precision,
                                      backend=self.backend, threads=self.threads)
             pipeline.activate()
+            self.ran(name, precision, pipeline)
             prepared = [pipeline.prepare(item.data, item.source) for item in eval_set.items]
             raw = self._batched(pipeline.infer, [p.feed for p in prepared], pipeline.max_batch,
                                 f"{name} {precision.value}")

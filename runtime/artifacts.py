@@ -168,6 +168,12 @@ class ModelArtifacts:
     def onnx(self, precision: Precision) -> Path:
         return self.dir / f"model.{Precision(precision).value}.onnx"
 
+    @property
+    def cpu_int8_onnx(self) -> Path:
+        """The INT8 form ONNX Runtime's CPU kernels fuse (``calibrate`` writes it beside the
+        TensorRT Q/DQ model, recorded in calibration.json under ``cpu_onnx``)."""
+        return self.dir / "model.int8.cpu.onnx"
+
     def sidecar(self, precision: Precision) -> Path:
         return self.dir / SIDECAR_NAMES[Precision(precision)]
 
@@ -238,6 +244,24 @@ class ModelArtifacts:
                     hint=hint,
                 )
         return path
+
+    def verified_cpu_int8(self) -> tuple[Path, str] | None:
+        """The CPU INT8 artifact and its target ("vnni" or "no-vnni") after the same checks as
+        ``verified_onnx``; None when the calibration predates it (no ``cpu_onnx`` record)."""
+        self.verified_onnx(Precision.INT8)  # the record, and the FP32 export it was made from
+        record = read_json(self.sidecar(Precision.INT8), what="int8 record")
+        if "cpu_onnx" not in record:
+            return None
+        hint = self.make_hint(Precision.INT8)
+        path = self.cpu_int8_onnx
+        if not path.is_file():
+            raise ArtifactError(f"int8 CPU ONNX for {self.model!r} not found: {path}", hint=hint)
+        self._check_file_record(record["cpu_onnx"], path, hint)
+        target = (record.get("cpu") or {}).get("target") if isinstance(record.get("cpu"), Mapping) else None
+        if target not in ("vnni", "no-vnni"):
+            raise ArtifactError(f"{self.sidecar(Precision.INT8)} records no CPU target ('vnni' or 'no-vnni') "
+                                f"for {path.name}, got {target!r}", hint=hint)
+        return path, str(target)
 
     def _check_file_record(self, record: Any, path: Path, hint: str) -> None:
         if not isinstance(record, Mapping) or "sha256" not in record:

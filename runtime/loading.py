@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from batchforge.runtime.spec import EnsembleSpec, ModelSpec, parse_options
 from batchforge.safe_paths import check_name
 
 ENSEMBLE_FILE = "ensemble.json"
+LOG = logging.getLogger("batchforge.onnxruntime")
+_SAID: set[str] = set()  # each fallback note once per process
 
 
 def ensemble_spec(output_dir: str | os.PathLike[str], name: str) -> EnsembleSpec | None:
@@ -60,6 +63,31 @@ def cpu_graph_optimization(precision: Precision, backend: Backend) -> str:
     if precision is Precision.INT8 and backend is Backend.ONNXRUNTIME_CPU and not cpu_has_vnni():
         return "basic"
     return "all"
+
+
+def ort_source(artifacts: ModelArtifacts, precision: Precision, backend: Backend) -> tuple[Path, str, str]:
+    """The verified ONNX an ONNX Runtime backend runs, the level it loads it at, and which
+    artifact that is (``model``, ``int8-cpu-vnni``, ``int8-cpu-no-vnni`` or ``int8-qdq-as-written``).
+
+    INT8 on the CPU provider runs ``model.int8.cpu.onnx`` (fused into int8 kernels) when the
+    calibration wrote one that this CPU can run fused: a "vnni" artifact (8-bit weights) on a CPU
+    without VNNI would saturate, so there the TensorRT Q/DQ model runs as written instead (accurate,
+    not fast) and a note says how to get a fused one.
+    """
+    if precision is Precision.INT8 and backend is Backend.ONNXRUNTIME_CPU:
+        cpu = artifacts.verified_cpu_int8()
+        if cpu is not None:
+            path, target = cpu
+            if target == "no-vnni" or cpu_has_vnni():
+                return path, "all", f"int8-cpu-{target}"
+            note = (f"{artifacts.model}: {path.name} is made for CPUs with VNNI and this CPU has none: running "
+                    f"{artifacts.onnx(precision).name} as written instead (accurate, slower than FP32); "
+                    f"`batchforge calibrate {artifacts.model} --cpu-target no-vnni` makes one this CPU runs fused")
+            if note not in _SAID:
+                _SAID.add(note)
+                LOG.warning(note)
+        return artifacts.verified_onnx(precision), cpu_graph_optimization(precision, backend), "int8-qdq-as-written"
+    return artifacts.verified_onnx(precision), cpu_graph_optimization(precision, backend), "model"
 
 
 def disabled_optimizers(precision: Precision, backend: Backend, level: str, *, built: bool) -> tuple[str, ...]:
@@ -101,11 +129,10 @@ def open_runner(
         runner: Runner = TensorRTRunner.from_artifacts(artifacts, precision, spec=spec)
         runner.dim_ranges = spec.dim_ranges()
         return runner
-    path = artifacts.verified_onnx(precision)
+    path, level, source = ort_source(artifacts, precision, concrete)
     providers, provider_options = ort_provider_setup(artifacts, spec, precision, concrete)
     # a model optimised by `batchforge build --backend onnxruntime` for this exact onnxruntime
     # and provider chain is preferred; anything else runs the plain (verified) ONNX
-    level = cpu_graph_optimization(precision, concrete)
     built = select_ort_engine(artifacts, precision, source_path=path, providers=providers,
                               onnxruntime_version=import_onnxruntime().__version__,
                               graph_optimization=offline_level(level))
@@ -115,7 +142,7 @@ def open_runner(
                                                                  built=built is not None))
     runner = OnnxRuntimeRunner(built or path, profile=spec.profile, options=options,
                                name=f"{spec.name}:{precision.value}:{concrete.value}"
-                                    + (":built" if built else ""))
+                                    + (f":{source}" if source != "model" else "") + (":built" if built else ""))
     runner.dim_ranges = spec.dim_ranges()
     return runner
 

@@ -135,6 +135,8 @@ class OrtEngineManifest:
     spec: Mapping[str, Any]
     created: str
     backend: str = "onnxruntime"
+    # INT8 on the CPU: the optimised graph's fused int8 / FP32 conv-matmul / Q/DQ node counts
+    fusion: Mapping[str, Any] | None = None
     schema_version: int = MANIFEST_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -400,9 +402,10 @@ def select_ort_engine(
     hint = (f"rebuild with `batchforge build {artifacts.model} --precision {precision.value} "
             "--backend onnxruntime` (or delete " + manifest_path.name + ")")
     built_for = {"onnxruntime": manifest.onnxruntime_version, "providers": list(manifest.providers),
-                 "graph optimisation": manifest.graph_optimization, "precision": manifest.precision}
+                 "graph optimisation": manifest.graph_optimization, "precision": manifest.precision,
+                 "source": manifest.source_file}
     here = {"onnxruntime": onnxruntime_version, "providers": list(providers),
-            "graph optimisation": graph_optimization, "precision": precision.value}
+            "graph optimisation": graph_optimization, "precision": precision.value, "source": source_path.name}
     differ = [f"{k} {built_for[k]} (here {here[k]})" for k in built_for if built_for[k] != here[k]]
     if differ:  # said, not silent: the user built it to be used
         print(f"note: {engine_path.name} not used: it was built for {'; '.join(differ)}; running "

@@ -213,14 +213,40 @@ def main() -> int:
         pooled([["build", model["name"], "--precision", precision, "--backend", build_backend, *out]
                 for model in models for precision in precisions], args.jobs)
         timings["build"] = time.perf_counter() - start
+    speeds = {}
+    if len(precisions) > 1 and "fp32" in precisions:
+        start = time.perf_counter()
+        speeds = bench_precisions(models, precisions, args, out)
+        timings["bench"] = time.perf_counter() - start
     report = Path(args.reports) / "parity.json"
     parity_code, timings["parity"] = sh("parity", "--all", "--backend", args.backend, "--precision",
                                         args.precisions, "--report", str(report), "--allow-known-failures", *out,
                                         check=False)
     runs = run_samples(models, ensembles, args, out)
     SAMPLER.stop()
-    print_summary(report, runs, timings)
+    print_summary(report, runs, timings, speeds)
     return parity_code
+
+
+BENCH_REPEATS = 3
+
+
+def bench_precisions(models: list[dict], precisions: list[str], args: argparse.Namespace,
+                     out: list[str]) -> dict[str, dict[str, float]]:
+    """Each model's precisions timed interleaved through the runner `run` uses, one command at a
+    time (nothing of the job's beside it), at the profile's opt batch: {model: {precision: x fp32}}."""
+    speeds = {}
+    bench_dir = Path(args.reports) / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        target = bench_dir / f"{model['name']}.json"
+        code, _ = sh("bench", model["name"], "--precision", ",".join(precisions), "--batch-sizes",
+                     str(model["profile"][1]), "--repeats", str(BENCH_REPEATS), "--backend", args.backend,
+                     "--json", str(target), *out, check=False)
+        if code == 0 and target.is_file():
+            row = json.loads(target.read_text())["rows"][0]
+            speeds[model["name"]] = {p: row[p]["ratio"] for p in precisions if p in row}
+    return speeds
 
 
 def run_samples(models: list[dict], ensembles: list[dict], args: argparse.Namespace, out: list[str]) -> dict:
@@ -257,7 +283,8 @@ def _run(name: str, inputs: str, run_dir: Path, args: argparse.Namespace, out: l
     return info
 
 
-def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
+def print_summary(report: Path, runs: dict, timings: dict[str, float],
+                  speeds: dict[str, dict[str, float]] | None = None) -> None:
     print("\n" + "=" * 78 + "\nbatchforge main job summary\n" + "=" * 78)
     parity = json.loads(report.read_text()) if report.is_file() else {"reports": [], "verdict": "missing"}
     by_model: dict[str, dict[str, str]] = {}
@@ -271,12 +298,23 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
                            + (", ".join(failing) or r["status"]))
     precisions = list(dict.fromkeys(r["precision"] for r in parity["reports"]))
     width = max([24, *(len(n) for n in set(by_model) | set(runs))])
+    speeds = speeds or {}
+    faster = [p for p in precisions if p != "fp32"] if speeds else []
     print(f"{'model':{width}} " + " ".join(f"{p:>6}" for p in precisions)
-          + f" {'run items':>10} {'errors':>7}  note")
+          + "".join(f" {p + '/fp32':>10}" for p in faster) + f" {'run items':>10} {'errors':>7}  note")
     for name in sorted(set(by_model) | set(runs)):
         run = runs.get(name, {})
         cells = " ".join(f"{by_model.get(name, {}).get(p, '-'):>6}" for p in precisions)
-        print(f"{name:{width}} {cells} {run.get('items', '-'):>10} {run.get('errors', '-'):>7}  {run.get('note', '')}")
+        ratios = "".join(f" {_ratio(speeds.get(name, {}).get(p)):>10}" for p in faster)
+        print(f"{name:{width}} {cells}{ratios} {run.get('items', '-'):>10} {run.get('errors', '-'):>7}  "
+              f"{run.get('note', '')}")
+    slower = [f"{name} {p} {v:.2f}x" for name, row in sorted(speeds.items()) for p, v in row.items()
+              if p != "fp32" and v < 1.0]
+    if speeds:
+        print(f"\nspeed: throughput over fp32 through the runner `run` uses, at each model's opt batch, "
+              f"median of {BENCH_REPEATS} interleaved runs (reports/bench/MODEL.json)")
+    if slower:
+        print("slower than fp32 on this backend: " + ", ".join(slower))
     if details:
         print("\nnot passed (known = a measured failure of the stand-in weights, listed in "
               "batchforge/tolerances.py):\n" + "\n".join(details))
@@ -286,6 +324,10 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float]) -> None:
     if SAMPLER.peak is not None:
         print(f"peak resident memory of all concurrent commands together: {SAMPLER.peak:.2f} GiB")
     print(f"parity verdict: {parity.get('verdict')} (report: {report}, {report.with_suffix('.md')})")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""The CPU INT8 artifact: one calibration, a form ONNX Runtime's CPU kernels fuse, chosen by the
+runner by this CPU's VNNI (both branches forced), its fusion counted in build and bench."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from batchforge.calibration.data import CalibrationData
+from batchforge.calibration.int8 import Int8Options, calibrate_int8
+from batchforge.calibration.int8_cpu import fusion_counts, keep_outputs_float, output_tail
+from batchforge.cli import main
+from batchforge.errors import IntegrityError
+from batchforge.export.samples import write_samples
+from batchforge.runtime import loading
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+
+
+def residual_net() -> onnx.ModelProto:
+    """x -> conv a -> relu -> conv b -> add(relu) -> relu -> global pool -> flatten -> y."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu_a"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "r1"], ["s"], name="residual"),
+             helper.make_node("Relu", ["s"], ["r2"], name="relu_b"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["y"], name="flatten")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.full(8, 0.1, np.float32), "b1"),
+                     numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(8, np.float32), "b2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def _data(count: int = 16) -> CalibrationData:
+    rng = np.random.default_rng(1)
+    feeds = tuple({"x": rng.normal(size=(3, 16, 16)).astype(np.float32)} for _ in range(count))
+    return CalibrationData(feeds, "test", "0" * 64, synthetic=False)
+
+
+def test_output_tail_stops_at_the_last_conv_and_at_a_node_of_several_inputs():
+    assert output_tail(residual_net()) == ["residual", "relu_b", "pool", "flatten"]
+
+
+@pytest.mark.parametrize("target", ["vnni", "no-vnni"])
+def test_cpu_form_fuses_into_int8_kernels_and_keeps_the_tail_fp32(tmp_path, target):
+    onnx.save(residual_net(), tmp_path / "m.onnx")
+    report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", _data(), Int8Options(cpu_target=target),
+                            cpu_out_path=tmp_path / "cpu.onnx")
+    cpu = report["cpu"]
+    assert cpu["target"] == target and cpu["reduce_range"] is (target == "no-vnni")
+    assert cpu["output_tail_fp32"] == ["residual", "relu_b", "pool", "flatten"]
+    assert cpu["fusion"]["fused"] == {"QLinearConv": 2}, cpu["fusion"]
+    assert cpu["fusion"]["float_compute"] == {}
+    assert cpu["effect"]["min_cosine"] > 0.99
+    # the TensorRT form from the same calibration is evaluated as written: no conv is fused
+    trt = fusion_counts(tmp_path / "q.onnx")
+    assert trt["fused"] == {} and sum(trt["float_compute"].values()) == 2
+    model = onnx.load(str(tmp_path / "cpu.onnx"))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8
+               and t.dims and len(t.dims) == 4]
+    assert len(weights) == 2
+    widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    # reduce_range: 7-bit weights (|w| <= 64), which u8s8 kernels without VNNI cannot saturate
+    assert (widest <= 64) if target == "no-vnni" else (widest == 127)
+    assert model.graph.output[0].name == "y"
+    assert not any(n.op_type == "DequantizeLinear" and "y" in n.output for n in model.graph.node)
+
+
+def test_keep_outputs_float_removes_the_q_dq_pair_on_an_output():
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"], name="q"),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["y"], name="dq")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              initializer=[numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                                           numpy_helper.from_array(np.array(0, np.uint8), "z")])
+    model = helper.make_model(graph)
+    assert keep_outputs_float(model) == ["y"]
+    assert [(n.op_type, list(n.output)) for n in model.graph.node] == [("Relu", ["y"])]
+
+
+@pytest.fixture(scope="module")
+def calibrated(user_tiny_artifacts, tmp_path_factory):
+    """The tiny user model calibrated with a "vnni" CPU artifact."""
+    src_root, name = user_tiny_artifacts
+    tmp = tmp_path_factory.mktemp("cpu_int8")
+    root = tmp / "artifacts"
+    shutil.copytree(src_root, root)
+    write_samples("reid", tmp / "calib" / "reid", 16, seed=4000)
+    assert main(["calibrate", name, "--data", str(tmp / "calib"), "--samples", "16", "--cpu-target", "vnni",
+                 "--output-dir", str(root)]) == 0
+    return root, name, tmp / "calib"
+
+
+def _copy(calibrated, tmp_path):
+    root, name, _ = calibrated
+    shutil.copytree(root, tmp_path / "a")
+    return ModelArtifacts.at(tmp_path / "a", name)
+
+
+def test_runner_runs_the_cpu_artifact_where_this_cpu_can_fuse_it(calibrated, tmp_path, monkeypatch, caplog):
+    artifacts = _copy(calibrated, tmp_path)
+    record = json.loads(artifacts.sidecar(Precision.INT8).read_text())
+    assert record["cpu_onnx"]["file"] == "model.int8.cpu.onnx" and record["cpu"]["target"] == "vnni"
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: True)
+    runner = loading.open_runner(artifacts, precision="int8", backend="onnxruntime-cpu")
+    assert runner.name.endswith(":int8-cpu-vnni") and runner.model.endswith("model.int8.cpu.onnx")
+    assert runner.options.graph_optimization == "all"
+    # the same artifact on a CPU without VNNI: the TensorRT Q/DQ model as written, said once
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: False)
+    loading._SAID.clear()
+    with caplog.at_level(logging.WARNING, logger="batchforge.onnxruntime"):
+        runner = loading.open_runner(artifacts, precision="int8", backend="onnxruntime-cpu")
+        loading.open_runner(artifacts, precision="int8", backend="onnxruntime-cpu")
+    assert runner.name.endswith(":int8-qdq-as-written") and runner.model.endswith("model.int8.onnx")
+    assert runner.options.graph_optimization == "basic"
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "has none" in said[0] and "--cpu-target no-vnni" in said[0]
+
+
+def test_a_no_vnni_artifact_runs_fused_on_a_cpu_without_vnni(calibrated, tmp_path, monkeypatch):
+    root, name, calib = calibrated
+    shutil.copytree(root, tmp_path / "a")
+    assert main(["calibrate", name, "--data", str(calib), "--samples", "16", "--cpu-target", "no-vnni",
+                 "--output-dir", str(tmp_path / "a")]) == 0
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: False)
+    runner = loading.open_runner(ModelArtifacts.at(tmp_path / "a", name), precision="int8",
+                                 backend="onnxruntime-cpu")
+    assert runner.name.endswith(":int8-cpu-no-vnni") and runner.options.graph_optimization == "all"
+
+
+def test_older_calibration_and_tampered_cpu_artifact(calibrated, tmp_path):
+    artifacts = _copy(calibrated, tmp_path)
+    path = artifacts.cpu_int8_onnx
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(IntegrityError, match="does not match its record"):
+        loading.open_runner(artifacts, precision="int8", backend="onnxruntime-cpu")
+    record = json.loads(artifacts.sidecar(Precision.INT8).read_text())
+    del record["cpu_onnx"]  # a calibration from before the CPU artifact
+    artifacts.sidecar(Precision.INT8).write_text(json.dumps(record))
+    runner = loading.open_runner(artifacts, precision="int8", backend="onnxruntime-cpu")
+    assert runner.name.endswith(":int8-qdq-as-written")
+
+
+def test_build_records_fusion_and_bench_compares_precisions(calibrated, tmp_path, monkeypatch, capsys):
+    artifacts = _copy(calibrated, tmp_path)
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: True)
+    out = ["--output-dir", str(artifacts.root)]
+    assert main(["build", artifacts.model, "--precision", "int8", "--backend", "onnxruntime", *out]) == 0
+    said = capsys.readouterr().out
+    assert "from model.int8.cpu.onnx" in said and "fused int8 node(s) (QLinearConv" in said
+    manifest = json.loads(artifacts.ort_manifest(Precision.INT8).read_text())
+    assert manifest["source_file"] == "model.int8.cpu.onnx"
+    assert manifest["fusion"]["fused"]["QLinearConv"] >= 1 and manifest["fusion"]["level"] == "all"
+    assert main(["inspect", str(artifacts.dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["artifacts"]["engine.int8.ort.json"]["fusion"] == manifest["fusion"]
+    report = tmp_path / "bench.json"
+    assert main(["bench", artifacts.model, "--precision", "int8,fp32", "--batch-sizes", "2", "--repeats", "1",
+                 "--json", str(report), *out]) == 0
+    printed = capsys.readouterr().out
+    assert "int8/fp32" in printed and "int8-cpu-vnni:built" in printed
+    result = json.loads(report.read_text())
+    assert result["baseline"] == "fp32" and result["rows"][0]["fp32"]["ratio"] == 1.0
+    assert result["rows"][0]["int8"]["ratio"] > 0
+    assert result["artifacts"]["int8"]["fusion"]["fused"]["QLinearConv"] >= 1
