@@ -70,7 +70,11 @@ def _run(args: argparse.Namespace, precision: Precision,
         temps = {role: path.with_name(f".{path.name}.tmp") for role, path in finals.items()}
         try:
             details = work(fp32, temps, data)
-            for role, path in finals.items():
+            for role, path in list(finals.items()):
+                if role != "onnx" and not temps[role].is_file():  # not adopted (the record says why)
+                    path.unlink(missing_ok=True)
+                    del finals[role]
+                    continue
                 temps[role].replace(path)
         finally:
             for path in temps.values():
@@ -106,7 +110,8 @@ def _summary(details: dict[str, Any]) -> str:
 
         cpu = details["cpu"]
         line += (f"; CPU artifact ({cpu['target']}) min {cpu['effect']['min_cosine']:.4f}, "
-                 f"{fusion_summary(cpu['fusion'])}")
+                 f"{fusion_summary(cpu['fusion'])}"
+                 + ("" if cpu["adopted"] else " -- NOT ADOPTED: the CPU backend runs model.int8.onnx as written"))
     return line
 
 

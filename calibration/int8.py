@@ -378,7 +378,8 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         chosen = int(best["excluded"])
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
         excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
-        cpu = (_write_cpu_form(fp32_path, Path(cpu_out_path), data, excluded, options, cache, expected)
+        cpu = (_write_cpu_form(fp32_path, Path(cpu_out_path), data, excluded, options, cache, expected,
+                               float(best["min_cosine"]))
                if cpu_out_path is not None else None)
     return {
         "method": options.method,
@@ -397,20 +398,30 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
 
 
 def _write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: list[str],
-                    options: Int8Options, cache: Path, expected: Outputs) -> dict[str, object]:
+                    options: Int8Options, cache: Path, expected: Outputs, trt_min_cosine: float) -> dict[str, object]:
     """The CPU artifact (``int8_cpu``) with the chosen exclusions, its fused output agreement and
-    how ONNX Runtime runs it."""
-    from batchforge.calibration.int8_cpu import SCHEME, CpuInt8Target, fusion_counts, quantize_cpu
+    how ONNX Runtime runs it; ``adopted`` False (and no file at ``out``) when its agreement falls
+    more than ``CPU_COSINE_SLACK`` below the TensorRT form's (``trt_min_cosine``)."""
+    from batchforge.calibration.int8_cpu import (CPU_COSINE_SLACK, SCHEME, CpuInt8Target, fusion_counts,
+                                                 quantize_cpu)
 
     target = (CpuInt8Target.for_this_cpu() if options.cpu_target == "auto"
               else CpuInt8Target(options.cpu_target))
     tail = quantize_cpu(fp32_path, out, data, excluded, options.method, cache, target)
-    return {"target": target.value, "reduce_range": target is CpuInt8Target.NO_VNNI,
+    effect = _agreement_dict(output_agreement(expected, out, fused=True))
+    adopted = effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
+    fusion = fusion_counts(out)
+    if not adopted:
+        out.unlink()
+    return {"adopted": adopted,
+            **({} if adopted else {"reason": f"fused min output cosine {effect['min_cosine']:.4f} is more than "
+                                             f"{CPU_COSINE_SLACK} below the TensorRT form's {trt_min_cosine:.4f} "
+                                             "as written: the CPU backend runs that one as written"}),
+            "target": target.value, "reduce_range": target is CpuInt8Target.NO_VNNI,
             "output_tail_fp32": tail,
             "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if target is CpuInt8Target.NO_VNNI else ""),
             "excluded": excluded,
-            "effect": _agreement_dict(output_agreement(expected, out, fused=True)),
-            "fusion": fusion_counts(out)}
+            "effect": effect, "fusion": fusion}
 
 
 def _best_mean(steps: list[dict[str, float]]) -> float:

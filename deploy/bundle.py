@@ -64,6 +64,9 @@ def member_files(artifacts: ModelArtifacts, precision: Precision) -> tuple[list[
     if precision is not Precision.FP32:
         files.append(artifacts.sidecar(precision))  # the convert / calibration record
     files += verified_onnx_files(artifacts, precision)
+    cpu = artifacts.verified_cpu_int8() if precision is Precision.INT8 else None
+    if cpu is not None:  # what the CPU backend runs (the TensorRT Q/DQ model is for TensorRT)
+        files.append(cpu[0])
     engine = "onnx"
     if artifacts.plan_manifest(precision).is_file():
         verified_plan(artifacts, precision)

@@ -115,7 +115,8 @@ def compare_precisions(model: str, *, output_dir: str, batch_sizes: list[int], t
         runner.activate()
     try:
         for batch in batch_sizes:
-            feed = {t.name: rng.normal(size=(batch, *[int(d) for d in t.item_shape])).astype(t.dtype)
+            # named dims (P-Net's height/width) at their opt size
+            feed = {t.name: rng.normal(size=(batch, *[int(d) for d in spec.input_shapes(t)[1][1:]])).astype(t.dtype)
                     for t in spec.inputs}
             times: dict[Precision, list[float]] = {p: [] for p in runners}
             for p, runner in runners.items():  # warm-up

@@ -58,6 +58,7 @@ def test_cpu_form_fuses_into_int8_kernels_and_keeps_the_tail_fp32(tmp_path, targ
     report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", _data(), Int8Options(cpu_target=target),
                             cpu_out_path=tmp_path / "cpu.onnx")
     cpu = report["cpu"]
+    assert cpu["adopted"] is True, cpu
     assert cpu["target"] == target and cpu["reduce_range"] is (target == "no-vnni")
     assert cpu["output_tail_fp32"] == ["residual", "relu_b", "pool", "flatten"]
     assert cpu["fusion"]["fused"] == {"QLinearConv": 2}, cpu["fusion"]
@@ -175,3 +176,26 @@ def test_build_records_fusion_and_bench_compares_precisions(calibrated, tmp_path
     assert result["baseline"] == "fp32" and result["rows"][0]["fp32"]["ratio"] == 1.0
     assert result["rows"][0]["int8"]["ratio"] > 0
     assert result["artifacts"]["int8"]["fusion"]["fused"]["QLinearConv"] >= 1
+
+
+def test_an_int8_bundle_ships_and_runs_the_cpu_artifact(calibrated, tmp_path, monkeypatch):
+    from batchforge.runtime import load_pipeline
+
+    artifacts = _copy(calibrated, tmp_path)
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: True)
+    assert main(["bundle", artifacts.model, "--precision", "int8", "--out", str(tmp_path / "b"),
+                 "--output-dir", str(artifacts.root)]) == 0
+    assert (tmp_path / "b" / "artifacts" / artifacts.model / "model.int8.cpu.onnx").is_file()
+    with load_pipeline(bundle=tmp_path / "b", backend="onnxruntime-cpu") as pipeline:
+        assert pipeline.runner.name.endswith(":int8-cpu-vnni")
+
+
+def test_a_cpu_form_less_accurate_than_the_tensorrt_form_is_not_adopted(tmp_path, monkeypatch):
+    from batchforge.calibration import int8_cpu
+
+    monkeypatch.setattr(int8_cpu, "CPU_COSINE_SLACK", -1.0)  # as if the CPU form agreed worse
+    onnx.save(residual_net(), tmp_path / "m.onnx")
+    report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", _data(), Int8Options(cpu_target="vnni"),
+                            cpu_out_path=tmp_path / "cpu.onnx")
+    assert report["cpu"]["adopted"] is False and "runs that one as written" in report["cpu"]["reason"]
+    assert not (tmp_path / "cpu.onnx").exists() and (tmp_path / "q.onnx").is_file()
