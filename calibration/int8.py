@@ -402,8 +402,7 @@ def _write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded:
     """The CPU artifact (``int8_cpu``) with the chosen exclusions, its fused output agreement and
     how ONNX Runtime runs it; ``adopted`` False (and no file at ``out``) when its agreement falls
     more than ``CPU_COSINE_SLACK`` below the TensorRT form's (``trt_min_cosine``)."""
-    from batchforge.calibration.int8_cpu import (CPU_COSINE_SLACK, SCHEME, CpuInt8Target, fusion_counts,
-                                                 quantize_cpu)
+    from batchforge.calibration.int8_cpu import CPU_COSINE_SLACK, SCHEME, CpuInt8Target, fusion_counts, quantize_cpu
 
     target = (CpuInt8Target.for_this_cpu() if options.cpu_target == "auto"
               else CpuInt8Target(options.cpu_target))

@@ -119,7 +119,7 @@ def compare_precisions(model: str, *, output_dir: str, batch_sizes: list[int], t
             feed = {t.name: rng.normal(size=(batch, *[int(d) for d in spec.input_shapes(t)[1][1:]])).astype(t.dtype)
                     for t in spec.inputs}
             times: dict[Precision, list[float]] = {p: [] for p in runners}
-            for p, runner in runners.items():  # warm-up
+            for runner in runners.values():  # warm-up
                 runner.infer(feed)
             for _ in range(repeats):  # interleaved so drift hits every precision alike
                 for p, runner in runners.items():

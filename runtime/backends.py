@@ -80,7 +80,8 @@ def _tensorrt_status() -> tuple[bool, str]:
     except Exception as exc:  # an installed but broken TensorRT is "not available"
         return False, f"tensorrt failed to import: {exc}"
     if not hasattr(tensorrt, "__version__"):  # e.g. a stubs-only or half-removed package
-        return False, f"the tensorrt package at {list(getattr(tensorrt, '__path__', []))} is not TensorRT (no __version__)"
+        where = list(getattr(tensorrt, "__path__", []))
+        return False, f"the tensorrt package at {where} is not TensorRT (no __version__)"
     count = device_count()
     if count == 0:
         return False, f"tensorrt {tensorrt.__version__} is installed but no CUDA device was found"
