@@ -103,6 +103,34 @@ def replant_onnx(artifacts: ModelArtifacts, precision: Precision, mutate) -> Non
     write_json_atomic(sidecar, record)
 
 
+def replant_cpu_int8(artifacts: ModelArtifacts, mutate) -> None:
+    """``replant_onnx`` for the CPU INT8 artifact (``model.int8.cpu.onnx``, ``cpu_onnx`` record)."""
+    import json
+
+    path = artifacts.cpu_int8_onnx
+    model = onnx.load(str(path))
+    mutate(model)
+    onnx.save(model, str(path))
+    sidecar = artifacts.sidecar(Precision.INT8)
+    record = json.loads(sidecar.read_text())
+    record["cpu_onnx"] = file_record(path, artifacts.dir)
+    write_json_atomic(sidecar, record)
+
+
+def drop_cpu_int8(artifacts: ModelArtifacts) -> None:
+    """Makes the CPU backend run the TensorRT Q/DQ model as written (as for a calibration whose
+    CPU form was not adopted): the ``cpu_onnx`` record and file go."""
+    import json
+
+    sidecar = artifacts.sidecar(Precision.INT8)
+    record = json.loads(sidecar.read_text())
+    record.pop("cpu_onnx", None)
+    write_json_atomic(sidecar, record)
+    artifacts.cpu_int8_onnx.unlink(missing_ok=True)
+    for built in (artifacts.ort_engine(Precision.INT8), artifacts.ort_manifest(Precision.INT8)):
+        built.unlink(missing_ok=True)
+
+
 def edit_export_spec(artifacts: ModelArtifacts, edit) -> None:
     """Applies ``edit(spec_dict)`` to the spec recorded in export.json (a deployment config)."""
     import json
