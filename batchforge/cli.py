@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "needed to run it fused), no-vnni (7-bit weights, ONNX Runtime's reduce_range: "
                         "fused without 16-bit saturation on any x86 CPU, slightly less accurate) or "
                         "auto (this CPU's, default)")
+    p.add_argument("--cpu-form", default="auto", choices=("auto", "always", "never"),
+                   help="whether the CPU backend runs the CPU artifact: auto (default) when its output "
+                        "agreement on the calibration items is at least the TensorRT form's (else that "
+                        "one runs as written, slower than fp32); always (then `parity` judges it); never")
     _add_common(p)
     p.set_defaults(handler="batchforge.calibration.commands:cmd_calibrate")
 
@@ -174,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorRT timing cache, reused across builds (default: OUTPUT_DIR/timing.cache)")
     p.add_argument("--hardware-compat", default="none", choices=("none", "ampere_plus", "same_compute_capability"),
                    help="TensorRT hardware compatibility level (default: none)")
+    p.add_argument("--no-speed-check", action="store_true",
+                   help="ONNX Runtime fp16/int8: skip the short interleaved timing against fp32 at the "
+                        "profile's opt batch (printed in one line, recorded in the manifest; a precision "
+                        "slower than fp32 on this backend is named)")
     p.add_argument("--version-compatible", action="store_true",
                    help="build a TensorRT version-compatible engine (runs on later TensorRT)")
     _add_common(p)

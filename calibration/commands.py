@@ -126,6 +126,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     kwargs = {} if args.max_excluded is None else {"max_excluded": args.max_excluded}
     options = Int8Options(method=args.method, target_cosine=args.target_cosine,
-                          user_excluded=tuple(args.exclude), cpu_target=args.cpu_target, **kwargs)
+                          user_excluded=tuple(args.exclude), cpu_target=args.cpu_target,
+                          cpu_form=args.cpu_form, **kwargs)
     return _run(args, Precision.INT8,
                 lambda src, dst, data: calibrate_int8(src, dst["onnx"], data, options, dst["cpu_onnx"]))

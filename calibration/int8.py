@@ -63,8 +63,11 @@ class Int8Options:
     max_excluded: int = 16
     user_excluded: tuple[str, ...] = ()
     cpu_target: str = "auto"  # the CPU artifact's target: auto (this CPU), vnni or no-vnni
+    cpu_form: str = "auto"  # auto: adopted by agreement (int8_cpu.CPU_COSINE_SLACK); always; never
 
     def __post_init__(self) -> None:
+        if self.cpu_form not in ("auto", "always", "never"):
+            raise CalibrationError(f"unknown CPU form choice {self.cpu_form!r}; expected auto, always or never")
         if self.cpu_target not in ("auto", "vnni", "no-vnni"):
             raise CalibrationError(f"unknown CPU int8 target {self.cpu_target!r}; expected auto, vnni or no-vnni")
         if self.method not in METHODS:
@@ -380,7 +383,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
         cpu = (_write_cpu_form(fp32_path, Path(cpu_out_path), data, excluded, options, cache, expected,
                                float(best["min_cosine"]))
-               if cpu_out_path is not None else None)
+               if cpu_out_path is not None and options.cpu_form != "never" else None)
     return {
         "method": options.method,
         "quantized_op_types": list(QUANTIZED_OPS),
@@ -408,14 +411,17 @@ def _write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded:
               else CpuInt8Target(options.cpu_target))
     tail = quantize_cpu(fp32_path, out, data, excluded, options.method, cache, target)
     effect = _agreement_dict(output_agreement(expected, out, fused=True))
-    adopted = effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
+    agrees = effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
+    adopted = agrees or options.cpu_form == "always"
     fusion = fusion_counts(out)
     if not adopted:
         out.unlink()
+    why = (f"fused min output cosine {effect['min_cosine']:.4f} is more than {CPU_COSINE_SLACK} below the "
+           f"TensorRT form's {trt_min_cosine:.4f} as written")
     return {"adopted": adopted,
-            **({} if adopted else {"reason": f"fused min output cosine {effect['min_cosine']:.4f} is more than "
-                                             f"{CPU_COSINE_SLACK} below the TensorRT form's {trt_min_cosine:.4f} "
-                                             "as written: the CPU backend runs that one as written"}),
+            **({} if agrees else {"reason": why + (": adopted anyway (--cpu-form always); the parity gate judges it"
+                                                   if adopted else ": the CPU backend runs that one as written "
+                                                   "(--cpu-form always ships it for the gate to judge)")}),
             "target": target.value, "reduce_range": target is CpuInt8Target.NO_VNNI,
             "output_tail_fp32": tail,
             "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if target is CpuInt8Target.NO_VNNI else ""),

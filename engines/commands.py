@@ -59,7 +59,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         else:
             from batchforge.engines.onnxruntime_builder import build_ort_engine
 
-            build_ort_engine(artifacts, precision, backend=resolve_backend(Backend.ONNXRUNTIME))
+            build_ort_engine(artifacts, precision, backend=resolve_backend(Backend.ONNXRUNTIME),
+                             speed_check=not args.no_speed_check)
     return 0
 
 

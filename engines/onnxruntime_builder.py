@@ -18,10 +18,12 @@ how many nodes were fused and how many convolutions/matrix products stayed FP32.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from batchforge.engines.records import calibration_sha256
 from batchforge.errors import BuildError
@@ -31,9 +33,46 @@ from batchforge.runtime.loading import ort_provider_setup, ort_source
 from batchforge.runtime.manifest import OrtEngineManifest, offline_level, write_manifest
 from batchforge.runtime.runners.onnxruntime import OrtOptions, import_onnxruntime, inference_session
 
+SPEED_RUNS = 3  # timed runs of each side (after one warm-up), interleaved
+
+
+def speed_against_fp32(artifacts: ModelArtifacts, precision: Precision, backend: Backend,
+                       runs: int = SPEED_RUNS) -> dict[str, Any]:
+    """Throughput of ``precision``'s runner over FP32's (each as ``run`` would load it) at the
+    profile's opt batch: ``{"ratio", "batch", "runs"}`` (median of ``runs`` interleaved runs)."""
+    import statistics
+
+    import numpy as np
+
+    from batchforge.runtime.loading import open_runner
+
+    spec = artifacts.spec()
+    batch = spec.profile.opt
+    rng = np.random.default_rng(0)
+    feed = {t.name: rng.normal(size=(batch, *[int(d) for d in spec.input_shapes(t)[1][1:]])).astype(t.dtype)
+            for t in spec.inputs}
+    runners = [open_runner(artifacts, precision=p, backend=backend, spec=spec) for p in (Precision.FP32, precision)]
+    times: list[list[float]] = [[], []]
+    for runner in runners:
+        runner.activate()
+    try:
+        for runner in runners:
+            runner.infer(feed)
+        for _ in range(runs):
+            for side, runner in enumerate(runners):
+                start = time.perf_counter()
+                runner.infer(feed)
+                times[side].append(time.perf_counter() - start)
+    finally:
+        for runner in runners:
+            runner.deactivate()
+    return {"ratio": round(statistics.median(times[0]) / statistics.median(times[1]), 3), "batch": batch,
+            "runs": runs}
+
 
 def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
-                     backend: Backend = Backend.ONNXRUNTIME_CPU, threads: int = 0) -> OrtEngineManifest:
+                     backend: Backend = Backend.ONNXRUNTIME_CPU, threads: int = 0,
+                     speed_check: bool = False) -> OrtEngineManifest:
     """Writes ``engine.P.ort.onnx`` and its manifest for one model folder.
 
     Args:
@@ -41,6 +80,8 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
         precision: fp32, fp16 or int8.
         backend: the concrete ONNX Runtime backend (cpu or cuda) the artifact is optimised for.
         threads: intra-op threads for the optimising session (0 = ONNX Runtime's default).
+        speed_check: fp16/int8 with an FP32 export: time the built artifact against FP32
+            (``speed_against_fp32``), record it and say in one line when it is slower.
     Returns:
         The manifest written beside the optimised model.
     """
@@ -81,6 +122,11 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
         calibration_sha256=calibration_sha256(artifacts, precision), spec=spec.to_dict(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), fusion=fusion)
     write_manifest(artifacts.ort_manifest(precision), manifest)
+    speed = None
+    if speed_check and precision is not Precision.FP32:
+        speed = speed_against_fp32(artifacts, precision, backend)  # the artifact just written is what loads
+        manifest = dataclasses.replace(manifest, speed_vs_fp32=speed)
+        write_manifest(artifacts.ort_manifest(precision), manifest)
     fused = ""
     if fusion is not None:
         from batchforge.calibration.int8_cpu import fusion_summary
@@ -89,6 +135,11 @@ def build_ort_engine(artifacts: ModelArtifacts, precision: Precision | str, *,
     print(f"{artifacts.model} [{precision.value}]: ONNX Runtime {ort.__version__} optimised "
           f"({level}, {', '.join(providers)}) -> {_rel(target)} in "
           f"{time.perf_counter() - start:.1f} s{fused}")
+    if speed is not None:
+        verdict = "SLOWER than" if speed["ratio"] < 1.0 else "faster than"
+        print(f"{artifacts.model} [{precision.value}]: {speed['ratio']:.2f}x the throughput of fp32 on "
+              f"{backend.value} at batch {speed['batch']} ({verdict} fp32; median of {speed['runs']} interleaved "
+              f"runs; `batchforge bench {artifacts.model} --precision fp32,{precision.value}` measures more)")
     return manifest
 
 

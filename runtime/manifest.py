@@ -137,6 +137,8 @@ class OrtEngineManifest:
     backend: str = "onnxruntime"
     # INT8 on the CPU: the optimised graph's fused int8 / FP32 conv-matmul / Q/DQ node counts
     fusion: Mapping[str, Any] | None = None
+    # fp16/int8: throughput over fp32 measured at build time ({"ratio", "batch", "runs"})
+    speed_vs_fp32: Mapping[str, Any] | None = None
     schema_version: int = MANIFEST_SCHEMA
 
     def to_dict(self) -> dict[str, Any]:

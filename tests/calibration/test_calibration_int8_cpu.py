@@ -162,6 +162,10 @@ def test_build_records_fusion_and_bench_compares_precisions(calibrated, tmp_path
     said = capsys.readouterr().out
     assert "from model.int8.cpu.onnx" in said and "fused int8 node(s) (QLinearConv" in said
     manifest = json.loads(artifacts.ort_manifest(Precision.INT8).read_text())
+    speed = manifest["speed_vs_fp32"]
+    assert speed["batch"] == 4 and speed["runs"] == 3 and speed["ratio"] > 0
+    line = next(x for x in said.splitlines() if "the throughput of fp32" in x)
+    assert f"{speed['ratio']:.2f}x" in line and ("SLOWER than fp32" in line) is (speed["ratio"] < 1.0)
     assert manifest["source_file"] == "model.int8.cpu.onnx"
     assert manifest["fusion"]["fused"]["QLinearConv"] >= 1 and manifest["fusion"]["level"] == "all"
     assert main(["inspect", str(artifacts.dir), "--json"]) == 0
@@ -199,3 +203,18 @@ def test_a_cpu_form_less_accurate_than_the_tensorrt_form_is_not_adopted(tmp_path
                             cpu_out_path=tmp_path / "cpu.onnx")
     assert report["cpu"]["adopted"] is False and "runs that one as written" in report["cpu"]["reason"]
     assert not (tmp_path / "cpu.onnx").exists() and (tmp_path / "q.onnx").is_file()
+
+
+@pytest.mark.parametrize("choice", ["always", "never"])
+def test_cpu_form_always_ships_it_and_never_writes_none(tmp_path, monkeypatch, choice):
+    from batchforge.calibration import int8_cpu
+
+    monkeypatch.setattr(int8_cpu, "CPU_COSINE_SLACK", -1.0)  # as if the CPU form agreed worse
+    onnx.save(residual_net(), tmp_path / "m.onnx")
+    report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", _data(),
+                            Int8Options(cpu_target="vnni", cpu_form=choice), cpu_out_path=tmp_path / "cpu.onnx")
+    if choice == "never":
+        assert "cpu" not in report and not (tmp_path / "cpu.onnx").exists()
+    else:
+        assert report["cpu"]["adopted"] is True and "adopted anyway" in report["cpu"]["reason"]
+        assert (tmp_path / "cpu.onnx").is_file()
