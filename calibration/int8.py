@@ -381,9 +381,19 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         chosen = int(best["excluded"])
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
         excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
-        cpu = (_write_cpu_form(fp32_path, Path(cpu_out_path), data, excluded, options, cache, expected,
-                               float(best["min_cosine"]))
-               if cpu_out_path is not None and options.cpu_form != "never" else None)
+        cpu = None
+        if cpu_out_path is not None and options.cpu_form != "never":
+            from batchforge.calibration.int8_cpu import write_cpu_form
+
+            def rank(cpu_form: Path) -> list[str]:  # the TensorRT form's ranking, else the CPU form's own
+                found = ranking or node_sensitivity(reference, cpu_form, data)
+                return [s.node for s in found if s.output_drop > 0]
+
+            cpu = write_cpu_form(
+                fp32_path, Path(cpu_out_path), data, excluded, method=options.method, cache=cache,
+                target=options.cpu_target, form=options.cpu_form, max_extra=options.max_excluded,
+                trt_min_cosine=float(best["min_cosine"]),
+                agreement=lambda path: _agreement_dict(output_agreement(expected, path, fused=True)), rank=rank)
     return {
         "method": options.method,
         "quantized_op_types": list(QUANTIZED_OPS),
@@ -398,35 +408,6 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                    "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},
         **({"cpu": cpu} if cpu is not None else {}),
     }
-
-
-def _write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: list[str],
-                    options: Int8Options, cache: Path, expected: Outputs, trt_min_cosine: float) -> dict[str, object]:
-    """The CPU artifact (``int8_cpu``) with the chosen exclusions, its fused output agreement and
-    how ONNX Runtime runs it; ``adopted`` False (and no file at ``out``) when its agreement falls
-    more than ``CPU_COSINE_SLACK`` below the TensorRT form's (``trt_min_cosine``)."""
-    from batchforge.calibration.int8_cpu import CPU_COSINE_SLACK, SCHEME, CpuInt8Target, fusion_counts, quantize_cpu
-
-    target = (CpuInt8Target.for_this_cpu() if options.cpu_target == "auto"
-              else CpuInt8Target(options.cpu_target))
-    tail = quantize_cpu(fp32_path, out, data, excluded, options.method, cache, target)
-    effect = _agreement_dict(output_agreement(expected, out, fused=True))
-    agrees = effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
-    adopted = agrees or options.cpu_form == "always"
-    fusion = fusion_counts(out)
-    if not adopted:
-        out.unlink()
-    why = (f"fused min output cosine {effect['min_cosine']:.4f} is more than {CPU_COSINE_SLACK} below the "
-           f"TensorRT form's {trt_min_cosine:.4f} as written")
-    return {"adopted": adopted,
-            **({} if agrees else {"reason": why + (": adopted anyway (--cpu-form always); the parity gate judges it"
-                                                   if adopted else ": the CPU backend runs that one as written "
-                                                   "(--cpu-form always ships it for the gate to judge)")}),
-            "target": target.value, "reduce_range": target is CpuInt8Target.NO_VNNI,
-            "output_tail_fp32": tail,
-            "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if target is CpuInt8Target.NO_VNNI else ""),
-            "excluded": excluded,
-            "effect": effect, "fusion": fusion}
 
 
 def _best_mean(steps: list[dict[str, float]]) -> float:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import enum
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -72,6 +72,10 @@ CPU_QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat",
 # gate (tiled region IoU 0, O-Net landmarks 2.63 px over 2): the gate is finer than a cosine. 1e-4
 # only absorbs the rounding of near-exact agreement (a tiny net's 7-bit form: 0.99997 vs 1.0).
 CPU_COSINE_SLACK = 1e-4
+# A CPU form further below the TensorRT form than this is not searched for FP32 nodes: measured,
+# its trouble is the op set, not a few nodes (reid_vit_b_16 0.80 vs 0.998, detector 0.89 vs 0.97,
+# facepose 0.90 vs 0.98 with 16 nodes FP32 already).
+SEARCH_WINDOW = 0.05
 
 
 def cpu_quantized_ops() -> list[str]:
@@ -207,3 +211,77 @@ def fusion_summary(counts: dict[str, object]) -> str:
     qdq = int(counts.get("quantize_linear") or 0) + int(counts.get("dequantize_linear") or 0)  # type: ignore[call-overload]
     return (f"{sum(fused.values())} fused int8 node(s){f' ({detail})' if detail else ''}, "
             f"{sum(floats.values())} FP32 conv/matmul, {qdq} Q/DQ left")
+
+
+def write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: list[str], *, method: str,
+                   cache: Path, target: str, form: str, max_extra: int, trt_min_cosine: float,
+                   agreement: Callable[[Path], dict[str, float]],
+                   rank: Callable[[Path], list[str]]) -> dict[str, object]:
+    """Writes the CPU artifact at ``out`` with ``excluded`` in FP32 and, when its fused agreement
+    (``agreement(path)``: min/mean output cosine vs FP32) misses the TensorRT form's
+    (``trt_min_cosine`` less ``CPU_COSINE_SLACK``), the fewest further nodes of ``rank(out)`` kept
+    FP32 that reach it (automatic mixed precision: doubling, then bisection, at most
+    ``max_extra``). Not adopted (no file at ``out``) when none does, unless ``form`` is "always".
+    Returns the record's ``cpu`` section, every step measured."""
+    chosen_target = CpuInt8Target.for_this_cpu() if target == "auto" else CpuInt8Target(target)
+    written: list[str] | None = None
+    steps: list[dict[str, object]] = []
+    results: dict[int, dict[str, float]] = {}
+    tail: list[str] = []
+
+    def attempt(extra: list[str]) -> bool:
+        nonlocal written, tail
+        tail = quantize_cpu(fp32_path, out, data, [*excluded, *extra], method, cache, chosen_target)
+        written = extra
+        effect = agreement(out)
+        results[len(extra)] = effect
+        steps.append({"extra_fp32": len(extra), **effect})
+        return effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
+
+    extra: list[str] = []
+    order: list[str] = []
+    agrees = attempt(extra)
+    first = results[0]["min_cosine"]
+    if not agrees and max_extra > 0 and first >= trt_min_cosine - SEARCH_WINDOW:
+        order = [n for n in rank(out) if n not in excluded][:max_extra]
+        failing, passing = 0, None
+        k = 1
+        while order and passing is None:
+            k = min(k, len(order))
+            if attempt(order[:k]):
+                passing = k
+            elif k == len(order):
+                break
+            else:
+                failing, k = k, 2 * k
+        while passing is not None and passing - failing > 1:  # the fewest that reach it
+            middle = (failing + passing) // 2
+            if attempt(order[:middle]):
+                passing = middle
+            else:
+                failing = middle
+        if passing is not None:
+            agrees, extra = True, order[:passing]
+    best = len(extra) if agrees else max(results, key=lambda k: (results[k]["min_cosine"], -k))
+    if not agrees and form == "always":
+        extra = order[:best]  # the best measured, for the gate to judge
+    if (agrees or form == "always") and written != extra:
+        attempt(extra)  # the file holds the last step tried: write the chosen one again
+        steps.pop()  # measured already
+    effect = results[len(extra)]
+    adopted = agrees or form == "always"
+    fusion = fusion_counts(out)
+    if not adopted:
+        out.unlink()
+    why = (f"fused min output cosine {results[0]['min_cosine']:.4f} (best {results[best]['min_cosine']:.4f} with "
+           f"{best} more node(s) FP32) is more than {CPU_COSINE_SLACK} below the TensorRT form's "
+           f"{trt_min_cosine:.4f} as written")
+    return {"adopted": adopted,
+            **({} if agrees else {"reason": why + (": adopted anyway (--cpu-form always); the parity gate judges it"
+                                                   if adopted else ": the CPU backend runs that one as written "
+                                                   "(--cpu-form always ships it for the gate to judge)")}),
+            "target": chosen_target.value, "reduce_range": chosen_target is CpuInt8Target.NO_VNNI,
+            "output_tail_fp32": tail,
+            "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if chosen_target is CpuInt8Target.NO_VNNI else ""),
+            "excluded": [*excluded, *extra], "excluded_for_cpu": extra, "steps": steps,
+            "effect": effect, "fusion": fusion}

@@ -218,3 +218,33 @@ def test_cpu_form_always_ships_it_and_never_writes_none(tmp_path, monkeypatch, c
     else:
         assert report["cpu"]["adopted"] is True and "adopted anyway" in report["cpu"]["reason"]
         assert (tmp_path / "cpu.onnx").is_file()
+
+
+def test_cpu_mixed_precision_keeps_the_fewest_nodes_fp32_by_doubling_then_bisection(tmp_path, monkeypatch):
+    from batchforge.calibration import int8_cpu
+
+    tried: list[int] = []
+
+    def fake_quantize(fp32, out, data, excluded, method, cache, target):
+        tried.append(len(excluded) - 1)  # one node was excluded by the TensorRT form already
+        out.write_bytes(b"x")
+        return []
+
+    monkeypatch.setattr(int8_cpu, "quantize_cpu", fake_quantize)
+    monkeypatch.setattr(int8_cpu, "fusion_counts", lambda path: {"fused": {}})
+    order = [f"n{i}" for i in range(8)]
+    record = int8_cpu.write_cpu_form(
+        tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), ["t0"], method="minmax", cache=tmp_path / "c",
+        target="vnni", form="auto", max_extra=8, trt_min_cosine=0.99,
+        agreement=lambda path: {"min_cosine": 0.99 if tried[-1] >= 3 else 0.98, "mean_cosine": 0.995},
+        rank=lambda path: ["t0", *order])
+    assert tried == [0, 1, 2, 4, 3]  # all-int8, then 1, 2, 4 (reaches it), then bisection down to 3
+    assert record["adopted"] is True and record["excluded_for_cpu"] == ["n0", "n1", "n2"]
+    assert record["excluded"] == ["t0", "n0", "n1", "n2"] and len(record["steps"]) == 5
+    # far below the TensorRT form: no search, not adopted
+    tried.clear()
+    record = int8_cpu.write_cpu_form(
+        tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], method="minmax", cache=tmp_path / "c",
+        target="vnni", form="auto", max_extra=8, trt_min_cosine=0.99,
+        agreement=lambda path: {"min_cosine": 0.90, "mean_cosine": 0.95}, rank=lambda path: order)
+    assert tried == [-1] and record["adopted"] is False and not (tmp_path / "cpu.onnx").exists()
