@@ -284,4 +284,5 @@ def write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: 
             "output_tail_fp32": tail,
             "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if chosen_target is CpuInt8Target.NO_VNNI else ""),
             "excluded": [*excluded, *extra], "excluded_for_cpu": extra, "steps": steps,
+            # not adopted: the counts of the last step tried (its file is gone)
             "effect": effect, "fusion": fusion}
