@@ -18,5 +18,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # the MTCNN weights and reference detector; its metadata pins torch<2.3 and numpy<2 (it runs
   # with the locked ones), so it comes without dependencies, on the export/parity side only
   .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt facenet-pytorch==2.6.0 >&2
+  # TensorRT 10.13's API as .pyi (tests/engines/test_engines_trt_stubs.py parses it) in a side folder never on
+  # sys.path: in site-packages its tensorrt/ would look like TensorRT (find_spec) and its metadata needs TensorRT
+  .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/tensorrt-stubs tensorrt-stubs==10.13.0.35.1 >&2
   echo "$want" > "$stamp"
+fi
+# an existing .venv (stamp up to date) gets the stub folder too; --upgrade replaces a partial one
+if [ ! -f .venv/tensorrt-stubs/tensorrt_bindings/tensorrt.pyi ]; then
+  .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/tensorrt-stubs tensorrt-stubs==10.13.0.35.1 >&2
 fi
