@@ -380,6 +380,13 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         best = _choose(steps, options.target_cosine)
         chosen = int(best["excluded"])
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
+        from batchforge.calibration.trt_fusion import place_in_file
+
+        placement = place_in_file(Path(out_path), cache, lambda path: _agreement_dict(output_agreement(expected, path)),
+                                  best)
+        placed = placement.get("effect")
+        if placement["kept"] and isinstance(placed, dict):  # what ships, and what the CPU form is compared with
+            best = {**best, **placed}
         excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
         cpu = None
         if cpu_out_path is not None and options.cpu_form != "never":
@@ -397,8 +404,10 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     return {
         "method": options.method,
         "quantized_op_types": list(QUANTIZED_OPS),
-        "scheme": "QDQ on Conv/MatMul(constant B)/Gemm inputs, symmetric int8 activations, per-channel "
-                  "weights, bias kept FP32",
+        "scheme": "QDQ on Conv/MatMul(constant B)/Gemm inputs"
+                  + (", residual Add inputs after a conv and pooling inputs (TensorRT fusion)"
+                     if placement["kept"] else "")
+                  + ", symmetric int8 activations, per-channel weights, bias kept FP32",
         "target_cosine": options.target_cosine,
         "user_excluded": list(options.user_excluded),
         "excluded_by_sensitivity": [s.as_dict() for s in candidates[:chosen]],
@@ -406,6 +415,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         "steps": steps,
         "effect": {"full_int8_min_cosine": steps[0]["min_cosine"], "final_min_cosine": best["min_cosine"],
                    "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},
+        "trt_fusion_qdq": placement,
         **({"cpu": cpu} if cpu is not None else {}),
     }
 
