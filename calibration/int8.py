@@ -380,7 +380,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         best = _choose(steps, options.target_cosine)
         chosen = int(best["excluded"])
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
-        from batchforge.calibration.trt_fusion import place_in_file
+        from batchforge.calibration.trt_placement import place_in_file
 
         placement = place_in_file(Path(out_path), cache, lambda path: _agreement_dict(output_agreement(expected, path)),
                                   best)

@@ -251,7 +251,7 @@ def test_cpu_mixed_precision_keeps_the_fewest_nodes_fp32_by_doubling_then_bisect
 
 
 def test_calibrate_places_tensorrt_fusion_q_dq_when_it_keeps_the_agreement(tmp_path, monkeypatch):
-    from batchforge.calibration import trt_fusion
+    from batchforge.calibration import trt_placement
 
     onnx.save(residual_net(), tmp_path / "m.onnx")
     report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", _data(), Int8Options(cpu_form="never"))
@@ -264,7 +264,7 @@ def test_calibrate_places_tensorrt_fusion_q_dq_when_it_keeps_the_agreement(tmp_p
     add = next(n for n in model.graph.node if n.op_type == "Add")
     assert add.input[1] == "r1_DequantizeLinear_Output"
     assert "r2_trtdq" in {o for n in model.graph.node for o in n.output}
-    monkeypatch.setattr(trt_fusion, "PLACEMENT_SLACK", -1.0)  # as if it cost agreement: not kept
+    monkeypatch.setattr(trt_placement, "PLACEMENT_SLACK", -1.0)  # as if it cost agreement: not kept
     report = calibrate_int8(tmp_path / "m.onnx", tmp_path / "q2.onnx", _data(), Int8Options(cpu_form="never"))
     assert report["trt_fusion_qdq"]["kept"] is False and "without it" in report["trt_fusion_qdq"]["reason"]
     assert not any(o.endswith("_trtdq") for n in onnx.load(str(tmp_path / "q2.onnx")).graph.node for o in n.output)
