@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
 from batchforge.calibration.activations import compare_graphs, load_model
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
@@ -29,7 +30,13 @@ def localise(artifacts: ModelArtifacts, precision: Precision, feeds: Sequence[di
     reference = load_model(artifacts.verified_onnx(Precision.FP32))
     candidate = load_model(artifacts.verified_onnx(precision))
     # one item per run: every intermediate tensor of both graphs is held at once
-    errors = compare_graphs(reference, candidate, [stack_feeds([f]) for f in feeds[:LOCALISE_ITEMS]])
+    try:
+        errors = compare_graphs(reference, candidate, [stack_feeds([f]) for f in feeds[:LOCALISE_ITEMS]])
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+        # e.g. a converted FP16 model whose initializer types its annotations contradict: ONNX
+        # Runtime runs it, shape inference refuses it; the verdict is the checks', not this
+        return {"limit": limit, "tensors": 0, "first_past_tolerance": None, "worst": [],
+                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     producers = {out: (node.name, node.op_type) for node in reference.graph.node for out in node.output}
 
     def describe(e) -> dict[str, Any]:
@@ -46,6 +53,8 @@ def localise(artifacts: ModelArtifacts, precision: Precision, feeds: Sequence[di
 def summary(found: dict[str, Any]) -> str:
     """One line for the report notes."""
     first = found["first_past_tolerance"]
+    if found.get("error"):
+        return f"per-tensor check vs FP32 could not run: {found['error']}"
     if first is None:
         return (f"per-tensor check vs FP32: no tensor past relative error {found['limit']} "
                 f"({found['tensors']} tensors compared)")
