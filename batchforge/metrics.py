@@ -34,8 +34,6 @@ def compare_arrays(reference: np.ndarray, actual: np.ndarray) -> tuple[float, fl
     return max_abs, max_rel, cosine
 
 
-
-
 def rowwise_cosine(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows of two (N, ...) arrays (float64); 1 for two zero rows,
     0 for a zero row against a non-zero one."""
@@ -46,3 +44,44 @@ def rowwise_cosine(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
     dots = np.sum(ref * act, axis=1)
     # a zero row agrees only with a zero row (an engine that outputs zeros must not pass)
     return np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), (ref_norm == act_norm).astype(np.float64))
+
+
+@dataclass(frozen=True)
+class ScoreAgreement:
+    """Tie-aware agreement of class scores (rows x classes): see ``tie_aware_scores``."""
+
+    rows: int
+    classes: int
+    agreement: float  # share of rows whose engine top-1 is tied with the reference's best
+    overlap: float | None  # mean share of the engine's top k within the reference's (None: classes <= k)
+    tied_first: int  # rows with more than one class tied at top-1
+    largest_tie: int
+    tied_top: int  # rows with reference ties at rank k
+
+
+def tie_aware_scores(reference: np.ndarray, actual: np.ndarray, tie: float, k: int) -> ScoreAgreement | None:
+    """Argmax agreement and top-k overlap of class scores over the last axis, tie-aware:
+    reference scores within ``tie`` (relative to the row's largest |value|) have no order, so an
+    engine picking any of them agrees. None for fewer than two classes."""
+    from batchforge.runtime.post.common import top_k
+
+    classes = reference.shape[-1] if reference.ndim > 1 else 1
+    if classes < 2:
+        return None
+    ref_rows = reference.reshape(-1, classes).astype(np.float64)
+    act_rows = actual.reshape(-1, classes)
+    scale = np.max(np.abs(ref_rows), axis=1, keepdims=True)
+    margin = tie * np.where(scale > 0, scale, 1.0)
+    tied_first = ref_rows >= ref_rows.max(axis=1, keepdims=True) - margin  # (R, C): tied with the best
+    rows = np.arange(len(ref_rows))
+    k = min(k, classes)
+    act_top, _ = top_k(act_rows, k)
+    agreement = float(np.mean(tied_first[rows, act_top[:, 0]]))
+    overlap, tied_top = None, 0
+    if classes > k:
+        kth = np.sort(ref_rows, axis=1)[:, -k][:, None]
+        within = ref_rows >= kth - margin  # (R, C): within the top k, ties included
+        overlap = float(np.mean(within[rows[:, None], act_top].sum(axis=1) / k))
+        tied_top = int(np.sum(within.sum(axis=1) > k))
+    return ScoreAgreement(len(ref_rows), classes, agreement, overlap, int(np.sum(tied_first.sum(axis=1) > 1)),
+                          int(tied_first.sum(axis=1).max()), tied_top)

@@ -7,11 +7,15 @@ recorded in their reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from batchforge.errors import ConfigError
 from batchforge.runtime.artifacts import Precision
+
+if TYPE_CHECKING:
+    from batchforge.runtime.post.tensors import OutputOptions
 
 FP32, FP16, INT8 = Precision.FP32, Precision.FP16, Precision.INT8
 
@@ -471,3 +475,23 @@ def known_failure(model: str, precision: Precision) -> str | None:
     """Why this zoo model fails at this precision, if that is a measured, listed fact."""
     return KNOWN_FAILURES.get((model, precision))
 
+
+# tensors: a spec's postprocess.outputs.<o>.tolerances.<precision> field -> (limit key, min/max)
+TENSORS_OVERRIDES = {"max_abs": ("max_abs", "max"), "max_rel": ("raw_max_rel", "max"),
+                     "min_cosine": ("row_cosine", "min"), "argmax_agreement": ("argmax_agreement", "min"),
+                     "topk_overlap": ("topk_overlap", "min")}
+
+
+def tensors_output_limits(limits: Mapping[str, Limit], options: OutputOptions, output: str,
+                          precision: Precision) -> dict[str, Limit]:
+    """The tier's limits with the spec's overrides for one output at one precision."""
+    merged = dict(limits)
+    override = getattr(options.tolerances, Precision(precision).value)
+    if override is None:
+        return merged
+    for field, (key, kind) in TENSORS_OVERRIDES.items():
+        value = getattr(override, field)
+        if value is not None:
+            merged[key] = Limit(value, kind, f"spec: postprocess.outputs.{output}.tolerances."  # type: ignore[arg-type]
+                                             f"{Precision(precision).value}.{field}")
+    return merged

@@ -49,8 +49,8 @@ def _data_path(args: argparse.Namespace, model: str, family: str) -> str | None:
 
 
 def _run(args: argparse.Namespace, precision: Precision,
-         work: Callable[[Path, dict[str, Path], Any], dict[str, Any]]) -> int:
-    """``work(fp32, outputs, data)`` writes each output file (role -> temporary path; ``onnx`` is
+         work: Callable[[Path, dict[str, Path], Any, Any], dict[str, Any]]) -> int:
+    """``work(fp32, outputs, data, spec)`` writes each output file (role -> temporary path; ``onnx`` is
     the precision's model) and returns the record's fields; each finished file is renamed into
     place and hashed into the record under its role."""
     from batchforge.calibration.data import load_calibration_data
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace, precision: Precision,
         finals = {"onnx": out, **({"cpu_onnx": artifacts.cpu_int8_onnx} if precision is Precision.INT8 else {})}
         temps = {role: path.with_name(f".{path.name}.tmp") for role, path in finals.items()}
         try:
-            details = work(fp32, temps, data)
+            details = work(fp32, temps, data, pipeline.spec)
             for role, path in list(finals.items()):
                 if role != "onnx" and not temps[role].is_file():  # not adopted (the record says why)
                     path.unlink(missing_ok=True)
@@ -103,8 +103,12 @@ def _summary(details: dict[str, Any]) -> str:
     if "kept_fp32" in details:
         return f"{len(details['kept_fp32'])} of {details['nodes']} nodes kept FP32"
     effect = details["effect"]
-    line = (f"{len(details['excluded_by_sensitivity'])} node(s) kept FP32 by sensitivity; output cosine "
-            f"vs FP32 min {effect['final_min_cosine']:.4f} (all-int8 {effect['full_int8_min_cosine']:.4f})")
+    failed = effect.get("failed") or {}
+    line = (f"{details['method']}, {details['weights']} weights; "
+            f"{len(details['excluded_by_sensitivity'])} node(s) kept FP32 by sensitivity; output cosine "
+            f"vs FP32 min {effect['final_min_cosine']:.4f} (all-int8 {effect['full_int8_min_cosine']:.4f}); "
+            + ("the gate's checks pass on the calibration items" if not failed else
+               "FAILS on the calibration items: " + ", ".join(f"{k} {v}" for k, v in failed.items())))
     if "cpu" in details:
         from batchforge.calibration.int8_cpu import fusion_summary
 
@@ -118,15 +122,20 @@ def _summary(details: dict[str, Any]) -> str:
 def cmd_convert(args: argparse.Namespace) -> int:
     from batchforge.calibration.fp16 import convert_to_fp16
 
-    return _run(args, Precision.FP16, lambda src, dst, data: convert_to_fp16(src, dst["onnx"], data, args.block))
+    return _run(args, Precision.FP16, lambda src, dst, data, spec: convert_to_fp16(src, dst["onnx"], data, args.block))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from batchforge.calibration.criterion import GateCriterion
     from batchforge.calibration.int8 import Int8Options, calibrate_int8
 
     kwargs = {} if args.max_excluded is None else {"max_excluded": args.max_excluded}
     options = Int8Options(method=args.method, target_cosine=args.target_cosine,
                           user_excluded=tuple(args.exclude), cpu_target=args.cpu_target,
-                          cpu_form=args.cpu_form, **kwargs)
-    return _run(args, Precision.INT8,
-                lambda src, dst, data: calibrate_int8(src, dst["onnx"], data, options, dst["cpu_onnx"]))
+                          cpu_form=args.cpu_form, weights=args.weights, **kwargs)
+
+    def work(src: Path, dst: dict[str, Path], data: Any, spec: Any) -> dict[str, Any]:
+        criterion = GateCriterion.for_spec(spec, Precision.INT8, options.target_cosine)
+        return calibrate_int8(src, dst["onnx"], data, options, dst["cpu_onnx"], criterion)
+
+    return _run(args, Precision.INT8, work)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import onnx
 from google.protobuf.message import Message
 
 from batchforge.calibration.activations import load_model, session, with_intermediate_outputs
+from batchforge.calibration.criterion import GateCriterion, Verdict, fewest_passing
 from batchforge.calibration.data import CalibrationData, FeedReader
 from batchforge.calibration.ranges import write_ranges
 from batchforge.errors import CalibrationError
@@ -42,9 +44,9 @@ from batchforge.progress import progress
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "entropy", "percentile")
+WEIGHTS = {"per-channel": (True,), "per-tensor": (False,), "both": (True, False)}  # -> per_channel tried
 SENSITIVITY_ITEMS = 2  # items (one batch) scored per single-node-quantized model
 EVAL_ITEMS = 16  # items used to measure output agreement after each exclusion step
-MIN_GAIN = 5e-4  # a step that raises the min cosine by less than this ends the search
 # Entropy (KL) histograms: TensorRT's 2048 bins searched for the threshold whose 128-level
 # quantization loses least. quantize_static's own entropy default is 128 bins for 128 levels,
 # which leaves the search a single candidate, the full range: MinMax under another name
@@ -55,25 +57,42 @@ ENTROPY_LEVELS = 128
 
 @dataclass(frozen=True)
 class Int8Options:
-    """method: minmax/entropy/percentile; target_cosine: stop excluding once the mean output
-    cosine against FP32 reaches it; max_excluded: most nodes the pass may keep in FP32."""
+    """method: one of METHODS, or several comma-separated (tried in order: the first that passes
+    the gate criterion wins, else the closest);
+    weights: per-channel, per-tensor or both (each tried); target_cosine: the mean output cosine
+    against FP32 a candidate must reach besides the gate's checks; max_excluded: most nodes the
+    sensitivity pass may keep in FP32."""
 
-    method: str = "percentile"
+    method: str = "percentile,minmax"
     target_cosine: float = 0.995
     max_excluded: int = 16
     user_excluded: tuple[str, ...] = ()
     cpu_target: str = "auto"  # the CPU artifact's target: auto (this CPU), vnni or no-vnni
     cpu_form: str = "auto"  # auto: adopted by agreement (int8_cpu.CPU_COSINE_SLACK); always; never
+    weights: str = "both"
 
     def __post_init__(self) -> None:
         if self.cpu_form not in ("auto", "always", "never"):
             raise CalibrationError(f"unknown CPU form choice {self.cpu_form!r}; expected auto, always or never")
         if self.cpu_target not in ("auto", "vnni", "no-vnni"):
             raise CalibrationError(f"unknown CPU int8 target {self.cpu_target!r}; expected auto, vnni or no-vnni")
-        if self.method not in METHODS:
-            raise CalibrationError(f"unknown calibration method {self.method!r}; expected one of {METHODS}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise CalibrationError(f"unknown calibration method {self.method!r}; expected one or more of "
+                                   f"{', '.join(METHODS)}, comma-separated")
+        if self.weights not in WEIGHTS:
+            raise CalibrationError(f"unknown weight granularity {self.weights!r}; expected one of {', '.join(WEIGHTS)}")
         if self.max_excluded < 0:
             raise CalibrationError(f"max_excluded must be >= 0, got {self.max_excluded}")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.strip() for m in self.method.split(",") if m.strip()))
+
+    @property
+    def granularities(self) -> tuple[bool, ...]:
+        """per_channel values to try, per-channel first."""
+        return WEIGHTS[self.weights]
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,7 @@ class NodeSensitivity:
 
 
 def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: Sequence[str],
-              method: str, cache: Path) -> None:
+              method: str, cache: Path, per_channel: bool = True) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with quiet_quantizer():
@@ -101,7 +120,7 @@ def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: 
                          if method == "entropy" else None)
         quantize_static(
             str(fp32_path), str(out_path), FeedReader(data), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=per_channel,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(excluded) or None,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -146,13 +165,11 @@ def reference_outputs(reference: onnx.ModelProto, data: CalibrationData) -> Outp
     return [(feed, sess.run(None, feed)) for feed in data.batches(8, limit=EVAL_ITEMS)]
 
 
-def output_agreement(expected: Outputs, candidate_path: Path, *, fused: bool = False) -> tuple[float, float]:
-    """(min, mean) cosine between FP32 and candidate outputs per item, over all outputs.
-    ``fused``: through ONNX Runtime's CPU kernels at level "all" (what the CPU artifact runs),
-    else as written."""
+def candidate_outputs(expected: Outputs, candidate_path: Path, fused: bool = False) -> list[list[np.ndarray]]:
+    """The candidate's outputs on the agreement items, batch by batch. ``fused``: through ONNX
+    Runtime's CPU kernels at level "all" (what the CPU artifact runs), else as written."""
     cand_sess = fused_session(candidate_path) if fused else session(load_model(candidate_path))
-    cosines = [c for feed, want in expected for c in _output_cosines(want, cand_sess.run(None, feed))]
-    return float(np.min(cosines)), float(np.mean(cosines))
+    return [cand_sess.run(None, feed) for feed, _ in expected]
 
 
 def _output_cosines(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[float]:
@@ -342,51 +359,77 @@ def fused_session(path: Path):
 
 def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                    data: CalibrationData, options: Int8Options = Int8Options(),
-                   cpu_out_path: str | os.PathLike[str] | None = None) -> dict[str, object]:
+                   cpu_out_path: str | os.PathLike[str] | None = None,
+                   criterion: GateCriterion | None = None) -> dict[str, object]:
     """Writes the TensorRT Q/DQ model (and, with ``cpu_out_path``, the CPU artifact from the same
-    ranges and exclusions) and returns the calibration report fields."""
+    ranges and exclusions) and returns the calibration report fields.
+
+    ``criterion``: what a candidate must pass on the calibration items (calibration/criterion.py;
+    ``calibrate`` gives the gate's checks for the model's family; default: the mean output cosine
+    only). ``options.methods`` x ``options.granularities`` are quantized in full and judged by it
+    in that order until one passes; the winner (that one, else the one closest to passing) is the
+    one searched: when it fails, the
+    fewest nodes of its sensitivity ranking kept FP32 that make it pass (``fewest_passing``), else
+    the best measured."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    criterion = criterion or GateCriterion.mean_only(options.target_cosine)
     reference = load_model(fp32_path)
     names = {n.name for n in reference.graph.node}
     unknown = [n for n in options.user_excluded if n not in names]
     if unknown:
         raise CalibrationError(f"--exclude {', '.join(unknown)}: no node of that name in {fp32_path.name}")
+    outputs = [o.name for o in reference.graph.output]
     with tempfile.TemporaryDirectory(prefix="batchforge-int8-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        steps: list[dict[str, float]] = []
-        candidates: list[NodeSensitivity] = []
         expected = reference_outputs(reference, data)
 
-        def attempt(k: int) -> None:
-            path = Path(tmp) / f"excluded{k}.onnx"
-            excluded = [*options.user_excluded, *(s.node for s in candidates[:k])]
-            _quantize(fp32_path, path, data, excluded, options.method, cache)
-            steps.append({"excluded": k, **_agreement_dict(output_agreement(expected, path))})
+        def judge(path: Path, fused: bool = False) -> Verdict:
+            return criterion.judge(outputs, [want for _, want in expected], candidate_outputs(expected, path, fused))
 
-        attempt(0)
-        needed = options.max_excluded > 0 and steps[0]["mean_cosine"] < options.target_cosine
+        def cache_of(method: str) -> Path:
+            return Path(tmp) / f"ranges.{method}.json"
+
+        trial = []
+        for method, per_channel in itertools.product(options.methods, options.granularities):
+            path = Path(tmp) / f"trial.{method}.{per_channel}.onnx"
+            _quantize(fp32_path, path, data, list(options.user_excluded), method, cache_of(method), per_channel)
+            trial.append((method, per_channel, judge(path), path))
+            if trial[-1][2].passed:  # the first listed that passes wins: the rest need not be tried
+                break
+        passing = [t for t in trial if t[2].passed]  # else the closest to passing
+        method, per_channel, verdict0, _ = passing[0] if passing else min(
+            trial, key=lambda t: (t[2].rank_key(), -t[2].mean_cosine))
+        cache = cache_of(method)
+        verdicts: dict[int, Verdict] = {}
+        steps: list[dict[str, object]] = []
+        candidates: list[NodeSensitivity] = []
+
+        def attempt(k: int) -> Verdict:
+            if k not in verdicts:
+                path = Path(tmp) / f"excluded{k}.onnx"
+                excluded = [*options.user_excluded, *(s.node for s in candidates[:k])]
+                _quantize(fp32_path, path, data, excluded, method, cache, per_channel)
+                verdicts[k] = judge(path)
+                steps.append({"excluded": k, **verdicts[k].as_dict()})
+            return verdicts[k]
+
+        shutil.copyfile(next(t[3] for t in trial if t[2] is verdict0), Path(tmp) / "excluded0.onnx")
+        verdicts[0] = verdict0
+        steps.append({"excluded": 0, **verdict0.as_dict()})
+        needed = options.max_excluded > 0 and not verdict0.passed
         ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", data) if needed else []
         candidates = [s for s in ranking if s.output_drop > 0][: options.max_excluded]
-        n = len(candidates)
-        schedule = sorted({min(2**i, n) for i in range(n.bit_length() + 1)} - {0})  # 1, 2, 4, ..., n
-        stalled = 0
-        for k in schedule:
-            if _best_mean(steps) >= options.target_cosine or stalled >= 2:
-                break
-            previous = _best_mean(steps)
-            attempt(k)
-            # a step must raise the best mean cosine by MIN_GAIN; two that do not end the search
-            stalled = stalled + 1 if steps[-1]["mean_cosine"] - previous < MIN_GAIN else 0
-        best = _choose(steps, options.target_cosine)
-        chosen = int(best["excluded"])
+        chosen = fewest_passing(len(candidates), lambda k: attempt(k).passed) if needed else 0
+        if chosen is None:  # none passes: the best measured (closest to the gate, then fewer nodes)
+            chosen = min(verdicts, key=lambda k: (verdicts[k].rank_key(), k))
+        best = verdicts[chosen]
         shutil.copyfile(Path(tmp) / f"excluded{chosen}.onnx", out_path)
         from batchforge.calibration.trt_placement import place_in_file
 
-        placement = place_in_file(Path(out_path), cache, lambda path: _agreement_dict(output_agreement(expected, path)),
-                                  best)
+        placement = place_in_file(Path(out_path), cache, lambda path: judge(path).as_dict(), best.as_dict())
         placed = placement.get("effect")
+        final = best.as_dict()
         if placement["kept"] and isinstance(placed, dict):  # what ships, and what the CPU form is compared with
-            best = {**best, **placed}
+            final = placed
         excluded = [*options.user_excluded, *(s.node for s in candidates[:chosen])]
         cpu = None
         if cpu_out_path is not None and options.cpu_form != "never":
@@ -397,41 +440,32 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                 return [s.node for s in found if s.output_drop > 0]
 
             cpu = write_cpu_form(
-                fp32_path, Path(cpu_out_path), data, excluded, method=options.method, cache=cache,
+                fp32_path, Path(cpu_out_path), data, excluded, method=method, cache=cache,
                 target=options.cpu_target, form=options.cpu_form, max_extra=options.max_excluded,
-                trt_min_cosine=float(best["min_cosine"]),
-                agreement=lambda path: _agreement_dict(output_agreement(expected, path, fused=True)), rank=rank)
+                trt_min_cosine=float(final["min_cosine"]),  # type: ignore[arg-type]
+                trt_passes=bool(final["passes_gate_checks"]),
+                agreement=lambda path, fused: judge(path, fused).as_dict(), rank=rank)
     return {
-        "method": options.method,
+        "method": method,
+        "weights": "per-channel" if per_channel else "per-tensor",
+        "method_trial": [{"method": m, "weights": "per-channel" if pc else "per-tensor", **v.as_dict()}
+                         for m, pc, v, _ in trial],
+        "criterion": "the gate's checks on the calibration items (calibration/criterion.py): "
+                     + ", ".join(c.name for c in verdict0.checks),
         "quantized_op_types": list(QUANTIZED_OPS),
         "scheme": "QDQ on Conv/MatMul(constant B)/Gemm inputs"
                   + (", residual Add inputs after a conv and pooling inputs (TensorRT fusion)"
                      if placement["kept"] else "")
-                  + ", symmetric int8 activations, per-channel weights, bias kept FP32",
+                  + ", symmetric int8 activations, " + ("per-channel" if per_channel else "per-tensor")
+                  + " weights, bias kept FP32",
         "target_cosine": options.target_cosine,
         "user_excluded": list(options.user_excluded),
         "excluded_by_sensitivity": [s.as_dict() for s in candidates[:chosen]],
-        "sensitivity_top": [s.as_dict() for s in ranking[:10]],  # empty: all-int8 already met the target
+        "sensitivity_top": [s.as_dict() for s in ranking[:10]],  # empty: all-int8 already passed
         "steps": steps,
-        "effect": {"full_int8_min_cosine": steps[0]["min_cosine"], "final_min_cosine": best["min_cosine"],
-                   "final_mean_cosine": best["mean_cosine"], "measured_on_items": min(EVAL_ITEMS, data.count)},
+        "effect": {"full_int8_min_cosine": verdict0.as_dict()["min_cosine"], "final_min_cosine": final["min_cosine"],
+                   "final_mean_cosine": final["mean_cosine"], "passes_gate_checks": final["passes_gate_checks"],
+                   "failed": final["failed"], "measured_on_items": min(EVAL_ITEMS, data.count)},
         "trt_fusion_qdq": placement,
         **({"cpu": cpu} if cpu is not None else {}),
     }
-
-
-def _best_mean(steps: list[dict[str, float]]) -> float:
-    return max(s["mean_cosine"] for s in steps)
-
-
-def _choose(steps: list[dict[str, float]], target: float) -> dict[str, float]:
-    """The fewest exclusions whose mean cosine reaches the target; else the best mean measured
-    (the mean over items is steadier than the minimum for telling steps apart)."""
-    reaching = [s for s in steps if s["mean_cosine"] >= target]
-    if reaching:
-        return min(reaching, key=lambda s: s["excluded"])
-    return max(steps, key=lambda s: (s["mean_cosine"], -s["excluded"]))
-
-
-def _agreement_dict(values: tuple[float, float]) -> dict[str, float]:
-    return {"min_cosine": round(values[0], 6), "mean_cosine": round(values[1], 6)}

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import onnx
 
+from batchforge.calibration.criterion import fewest_passing
 from batchforge.calibration.data import CalibrationData, FeedReader
 
 # ONNX Runtime op types whose int8 form its CPU QDQ transformers fuse (counted as fused)
@@ -215,15 +216,23 @@ def fusion_summary(counts: dict[str, object]) -> str:
 
 def write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: list[str], *, method: str,
                    cache: Path, target: str, form: str, max_extra: int, trt_min_cosine: float,
-                   agreement: Callable[[Path], dict[str, float]],
-                   rank: Callable[[Path], list[str]]) -> dict[str, object]:
-    """Writes the CPU artifact at ``out`` with ``excluded`` in FP32 and, when its fused agreement
-    (``agreement(path)``: min/mean output cosine vs FP32) misses the TensorRT form's
-    (``trt_min_cosine`` less ``CPU_COSINE_SLACK``), the fewest further nodes of ``rank(out)`` kept
-    FP32 that reach it (automatic mixed precision: doubling, then bisection, at most
-    ``max_extra``). Not adopted (no file at ``out``) when none does, unless ``form`` is "always".
-    Returns the record's ``cpu`` section, every step measured."""
+                   agreement: Callable[[Path, bool], dict[str, object]],
+                   rank: Callable[[Path], list[str]], trt_passes: bool = False) -> dict[str, object]:
+    """Writes the CPU artifact at ``out`` with ``excluded`` in FP32. When its agreement
+    (``agreement(path, fused)``: output cosines vs FP32 and the gate's checks, fused on this CPU
+    or as written) misses the TensorRT form's min cosine (``trt_min_cosine`` less
+    ``CPU_COSINE_SLACK``), or fails the gate's checks where the TensorRT form passes them
+    (``trt_passes``), the fewest further nodes of ``rank(out)`` kept FP32 that reach it
+    (automatic mixed precision: ``criterion.fewest_passing``, at most ``max_extra``). Not adopted
+    (no file at ``out``) when none does, unless ``form`` is "always". Returns the record's
+    ``cpu`` section, every step measured."""
+    from batchforge.runtime.loading import cpu_has_vnni
+
     chosen_target = CpuInt8Target.for_this_cpu() if target == "auto" else CpuInt8Target(target)
+    # a vnni artifact judged on a CPU without VNNI: its u8s8 kernels here saturate where the
+    # target's do not, so it is judged as written, the integer result VNNI kernels compute exactly
+    # (to float rounding)
+    fused_here = chosen_target is CpuInt8Target.NO_VNNI or cpu_has_vnni()
     written: list[str] | None = None
     steps: list[dict[str, object]] = []
     results: dict[int, dict[str, float]] = {}
@@ -233,36 +242,23 @@ def write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: 
         nonlocal written, tail
         tail = quantize_cpu(fp32_path, out, data, [*excluded, *extra], method, cache, chosen_target)
         written = extra
-        effect = agreement(out)
+        effect = agreement(out, fused_here)
         results[len(extra)] = effect
         steps.append({"extra_fp32": len(extra), **effect})
-        return effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK
+        # as close as the TensorRT form, and passing the gate's checks wherever that one does
+        return (effect["min_cosine"] >= trt_min_cosine - CPU_COSINE_SLACK  # type: ignore[operator]
+                and (bool(effect.get("passes_gate_checks", True)) or not trt_passes))
 
     extra: list[str] = []
     order: list[str] = []
     agrees = attempt(extra)
     first = results[0]["min_cosine"]
-    if not agrees and max_extra > 0 and first >= trt_min_cosine - SEARCH_WINDOW:
+    if not agrees and max_extra > 0 and first >= trt_min_cosine - SEARCH_WINDOW:  # type: ignore[operator]
         order = [n for n in rank(out) if n not in excluded][:max_extra]
-        failing, passing = 0, None
-        k = 1
-        while order and passing is None:
-            k = min(k, len(order))
-            if attempt(order[:k]):
-                passing = k
-            elif k == len(order):
-                break
-            else:
-                failing, k = k, 2 * k
-        while passing is not None and passing - failing > 1:  # the fewest that reach it
-            middle = (failing + passing) // 2
-            if attempt(order[:middle]):
-                passing = middle
-            else:
-                failing = middle
+        passing = fewest_passing(len(order), lambda k: attempt(order[:k]))
         if passing is not None:
             agrees, extra = True, order[:passing]
-    best = len(extra) if agrees else max(results, key=lambda k: (results[k]["min_cosine"], -k))
+    best = len(extra) if agrees else max(results, key=lambda k: (results[k]["min_cosine"], -k))  # type: ignore[arg-type]
     if not agrees and form == "always":
         extra = order[:best]  # the best measured, for the gate to judge
     if (agrees or form == "always") and written != extra:
@@ -273,14 +269,21 @@ def write_cpu_form(fp32_path: Path, out: Path, data: CalibrationData, excluded: 
     fusion = fusion_counts(out)
     if not adopted:
         out.unlink()
-    why = (f"fused min output cosine {results[0]['min_cosine']:.4f} (best {results[best]['min_cosine']:.4f} with "
-           f"{best} more node(s) FP32) is more than {CPU_COSINE_SLACK} below the TensorRT form's "
-           f"{trt_min_cosine:.4f} as written")
+    closest = results[best]
+    if float(closest["min_cosine"]) >= trt_min_cosine - CPU_COSINE_SLACK:  # type: ignore[arg-type]
+        why = (f"fails {', '.join(closest.get('failed') or {})} on the calibration items (best with {best} more "
+               f"node(s) FP32) where the TensorRT form as written passes every check")
+    else:
+        why = (f"fused min output cosine {results[0]['min_cosine']:.4f} (best {closest['min_cosine']:.4f} with "
+               f"{best} more node(s) FP32) is more than {CPU_COSINE_SLACK} below the TensorRT form's "
+               f"{trt_min_cosine:.4f} as written")
     return {"adopted": adopted,
             **({} if agrees else {"reason": why + (": adopted anyway (--cpu-form always); the parity gate judges it"
                                                    if adopted else ": the CPU backend runs that one as written "
                                                    "(--cpu-form always ships it for the gate to judge)")}),
             "target": chosen_target.value, "reduce_range": chosen_target is CpuInt8Target.NO_VNNI,
+            "judged": "fused, on this CPU" if fused_here else
+                      "as written: this CPU has no VNNI, so its u8s8 kernels would saturate where the target's do not",
             "output_tail_fp32": tail,
             "scheme": SCHEME.format(rr=" (7-bit: reduce_range)" if chosen_target is CpuInt8Target.NO_VNNI else ""),
             "excluded": [*excluded, *extra], "excluded_for_cpu": extra, "steps": steps,

@@ -226,11 +226,12 @@ def _require_qdq_opset(model: onnx.ModelProto) -> None:
 PLACEMENT_SLACK = 5e-4
 
 
-def place_in_file(path: Path, cache: Path, agreement: Callable[[Path], dict[str, float]],
-                  before: dict[str, float]) -> dict[str, object]:
+def place_in_file(path: Path, cache: Path, agreement: Callable[[Path], dict[str, object]],
+                  before: dict[str, object]) -> dict[str, object]:
     """Adds the fusion Q/DQ to the TensorRT model at ``path`` (ranges from the ORT calibration
     ``cache``) and keeps it when ``agreement(path)`` stays within ``PLACEMENT_SLACK`` of
-    ``before`` (min/mean cosine of the model as it was); returns the record (``kept``, what was
+    ``before`` (min/mean cosine of the model as it was) and passes the gate's checks where it did
+    (``passes_gate_checks``, calibration/criterion.py); returns the record (``kept``, what was
     added, the agreement measured)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -246,11 +247,15 @@ def place_in_file(path: Path, cache: Path, agreement: Callable[[Path], dict[str,
     trial = path.with_name(path.name + ".placed")
     onnx.save(placed, str(trial))
     effect = agreement(trial)
-    kept = effect["min_cosine"] >= before["min_cosine"] - PLACEMENT_SLACK
+    # within the slack of the model as it was, and passing the gate's checks wherever it did
+    kept = (effect["min_cosine"] >= before["min_cosine"] - PLACEMENT_SLACK  # type: ignore[operator]
+            and (bool(effect.get("passes_gate_checks", True)) or not before.get("passes_gate_checks", False)))
     if kept:
         trial.replace(path)
     else:
         trial.unlink()
     return {"kept": kept, **added, "effect": effect,
             **({} if kept else {"reason": f"min output cosine {effect['min_cosine']:.4f} against "
-                                          f"{before['min_cosine']:.4f} without it (slack {PLACEMENT_SLACK})"})}
+                                          f"{before['min_cosine']:.4f} without it (slack {PLACEMENT_SLACK})"
+                                          + ("" if effect.get("passes_gate_checks", True) else
+                                             f"; fails {', '.join(effect.get('failed') or {})}")})}

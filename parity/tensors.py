@@ -33,22 +33,19 @@ import numpy as np
 from batchforge.errors import UsageError
 from batchforge.export.reference import torch_preprocess
 from batchforge.export.samples import SEED_EVAL, generate
-from batchforge.metrics import compare_arrays, rowwise_cosine
+from batchforge.metrics import compare_arrays, rowwise_cosine, tie_aware_scores
 from batchforge.parity.gate import register_family
 from batchforge.parity.report import Check
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext
-from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.pipelines.tensors import TensorItem, TensorsResult, as_tensor_item, check_item_feed
-from batchforge.runtime.post.common import top_k
-from batchforge.runtime.post.tensors import OutputOptions, TensorsOptions
+from batchforge.runtime.post.tensors import TensorsOptions
 from batchforge.runtime.results import Result
 from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.tolerances import Limit
+from batchforge.tolerances import tensors_output_limits as output_limits
 
 DEFAULT_EVAL = 32
-# spec override field -> (limit key, min/max)
-OVERRIDES = {"max_abs": ("max_abs", "max"), "max_rel": ("raw_max_rel", "max"), "min_cosine": ("row_cosine", "min"),
-             "argmax_agreement": ("argmax_agreement", "min"), "topk_overlap": ("topk_overlap", "min")}
+
 
 
 def synthetic_items(spec: ModelSpec, count: int) -> tuple[EvalItem, ...]:
@@ -74,21 +71,6 @@ def synthetic_items(spec: ModelSpec, count: int) -> tuple[EvalItem, ...]:
     return tuple(items)
 
 
-def output_limits(limits: Mapping[str, Limit], options: OutputOptions, output: str,
-                  precision: Precision) -> dict[str, Limit]:
-    """The tier's limits with the spec's overrides for one output at one precision."""
-    merged = dict(limits)
-    override = getattr(options.tolerances, Precision(precision).value)
-    if override is None:
-        return merged
-    for field, (key, kind) in OVERRIDES.items():
-        value = getattr(override, field)
-        if value is not None:
-            merged[key] = Limit(value, kind, f"spec: postprocess.outputs.{output}.tolerances."  # type: ignore[arg-type]
-                                             f"{Precision(precision).value}.{field}")
-    return merged
-
-
 def value_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
                  detail: str = "") -> list[Check]:
     """Worst-item cosine, and max abs where the spec declares it (a declared max rel is the
@@ -108,30 +90,17 @@ def value_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[st
 def score_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
                  k: int) -> list[Check]:
     """Tie-aware argmax agreement and top-k overlap of class scores over the last axis."""
-    classes = ref.shape[-1] if ref.ndim > 1 else 1
-    if classes < 2:
-        return []
-    ref_rows = ref.reshape(-1, classes).astype(np.float64)
-    eng_rows = eng.reshape(-1, classes)
     tie = limits["score_tie"].value
-    scale = np.max(np.abs(ref_rows), axis=1, keepdims=True)
-    margin = tie * np.where(scale > 0, scale, 1.0)
-    tied_first = ref_rows >= ref_rows.max(axis=1, keepdims=True) - margin  # (R, C): tied with the best
-    rows = np.arange(len(ref_rows))
-    eng_top, _ = top_k(eng_rows, min(k, classes))
-    agreement = float(np.mean(tied_first[rows, eng_top[:, 0]]))
-    n_tied = int(np.sum(tied_first.sum(axis=1) > 1))
-    detail = (f"{len(ref_rows)} rows of {classes} classes; reference ties within {tie:g} of the row's largest "
-              f"|value|: {n_tied} rows at top-1 (largest {int(tied_first.sum(axis=1).max())}-way)")
-    checks = [Check(f"argmax_agreement[{name}]", agreement, limits["argmax_agreement"],
+    scores = tie_aware_scores(ref, eng, tie, k)
+    if scores is None:
+        return []
+    detail = (f"{scores.rows} rows of {scores.classes} classes; reference ties within {tie:g} of the row's largest "
+              f"|value|: {scores.tied_first} rows at top-1 (largest {scores.largest_tie}-way)")
+    checks = [Check(f"argmax_agreement[{name}]", scores.agreement, limits["argmax_agreement"],
                     detail + " (an engine picking any tied class agrees)")]
-    if classes > k:
-        kth = np.sort(ref_rows, axis=1)[:, -k][:, None]
-        tied_top = ref_rows >= kth - margin  # (R, C): within the top k, ties included
-        overlap = float(np.mean(tied_top[rows[:, None], eng_top].sum(axis=1) / k))
-        n_tied_top = int(np.sum(tied_top.sum(axis=1) > k))
-        checks.append(Check(f"top{k}_overlap[{name}]", overlap, limits["topk_overlap"],
-                            f"{len(ref_rows)} rows of {classes} classes; {n_tied_top} rows with reference "
+    if scores.overlap is not None:
+        checks.append(Check(f"top{k}_overlap[{name}]", scores.overlap, limits["topk_overlap"],
+                            f"{scores.rows} rows of {scores.classes} classes; {scores.tied_top} rows with reference "
                             f"ties at rank {k} within {tie:g} (an engine picking any tied class agrees)"))
     return checks
 

@@ -236,7 +236,7 @@ def test_cpu_mixed_precision_keeps_the_fewest_nodes_fp32_by_doubling_then_bisect
     record = int8_cpu.write_cpu_form(
         tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), ["t0"], method="minmax", cache=tmp_path / "c",
         target="vnni", form="auto", max_extra=8, trt_min_cosine=0.99,
-        agreement=lambda path: {"min_cosine": 0.99 if tried[-1] >= 3 else 0.98, "mean_cosine": 0.995},
+        agreement=lambda path, fused: {"min_cosine": 0.99 if tried[-1] >= 3 else 0.98, "mean_cosine": 0.995},
         rank=lambda path: ["t0", *order])
     assert tried == [0, 1, 2, 4, 3]  # all-int8, then 1, 2, 4 (reaches it), then bisection down to 3
     assert record["adopted"] is True and record["excluded_for_cpu"] == ["n0", "n1", "n2"]
@@ -246,8 +246,59 @@ def test_cpu_mixed_precision_keeps_the_fewest_nodes_fp32_by_doubling_then_bisect
     record = int8_cpu.write_cpu_form(
         tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], method="minmax", cache=tmp_path / "c",
         target="vnni", form="auto", max_extra=8, trt_min_cosine=0.99,
-        agreement=lambda path: {"min_cosine": 0.90, "mean_cosine": 0.95}, rank=lambda path: order)
+        agreement=lambda path, fused: {"min_cosine": 0.90, "mean_cosine": 0.95}, rank=lambda path: order)
     assert tried == [-1] and record["adopted"] is False and not (tmp_path / "cpu.onnx").exists()
+
+
+@pytest.mark.parametrize("has_vnni", [True, False])
+def test_cpu_form_is_judged_fused_only_where_this_cpu_runs_the_target_kernels(tmp_path, monkeypatch, has_vnni):
+    """A vnni artifact judged on a CPU without VNNI would be judged by kernels that saturate where
+    the target's do not: it is judged as written there; a no-vnni artifact is fused everywhere."""
+    from batchforge.calibration import int8_cpu
+
+    monkeypatch.setattr(int8_cpu, "quantize_cpu", lambda *args: (args[1].write_bytes(b"x"), [])[1])
+    monkeypatch.setattr(int8_cpu, "fusion_counts", lambda path: {"fused": {}})
+    monkeypatch.setattr(loading, "cpu_has_vnni", lambda: has_vnni)
+    for target, fused in (("vnni", has_vnni), ("no-vnni", True)):
+        asked: list[bool] = []
+        record = int8_cpu.write_cpu_form(
+            tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], method="minmax", cache=tmp_path / "c",
+            target=target, form="auto", max_extra=0, trt_min_cosine=0.99,
+            agreement=lambda path, f, asked=asked: (asked.append(f), {"min_cosine": 0.995, "mean_cosine": 0.998})[1],
+            rank=lambda path: [])
+        assert asked == [fused] and record["judged"].startswith("fused" if fused else "as written")
+
+
+def test_cpu_form_must_pass_the_gate_checks_where_the_tensorrt_form_does(tmp_path, monkeypatch):
+    from batchforge.calibration import int8_cpu
+
+    tried: list[int] = []
+
+    def fake_quantize(fp32, out, data, excluded, method, cache, target):
+        tried.append(len(excluded))
+        out.write_bytes(b"x")
+        return []
+
+    monkeypatch.setattr(int8_cpu, "quantize_cpu", fake_quantize)
+    monkeypatch.setattr(int8_cpu, "fusion_counts", lambda path: {"fused": {}})
+
+    def agreement(path, fused):  # the cosine rule holds throughout; the gate's checks need 2 nodes
+        return {"min_cosine": 0.995, "mean_cosine": 0.998, "passes_gate_checks": tried[-1] >= 2,
+                "failed": {} if tried[-1] >= 2 else {"raw_max_rel[y]": "0.4 (limit <= 0.25)"}}
+
+    kwargs = dict(method="minmax", cache=tmp_path / "c", target="no-vnni", form="auto", max_extra=4,
+                  trt_min_cosine=0.99, agreement=agreement, rank=lambda path: ["a", "b", "c", "d"])
+    record = int8_cpu.write_cpu_form(tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], trt_passes=True,
+                                     **kwargs)
+    assert record["adopted"] is True and record["excluded_for_cpu"] == ["a", "b"] and tried == [0, 1, 2]
+    tried.clear()  # the TensorRT form fails them too: the cosine rule alone decides, as before
+    record = int8_cpu.write_cpu_form(tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], trt_passes=False,
+                                     **kwargs)
+    assert record["adopted"] is True and record["excluded_for_cpu"] == [] and tried == [0]
+    tried.clear()  # never passes: not adopted, and the reason names the failed check
+    record = int8_cpu.write_cpu_form(tmp_path / "m.onnx", tmp_path / "cpu.onnx", _data(2), [], trt_passes=True,
+                                     **{**kwargs, "max_extra": 1})
+    assert record["adopted"] is False and "fails raw_max_rel[y]" in record["reason"]
 
 
 def test_calibrate_places_tensorrt_fusion_q_dq_when_it_keeps_the_agreement(tmp_path, monkeypatch):

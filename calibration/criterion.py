@@ -1,0 +1,176 @@
+"""What INT8 calibration stops on: the parity gate's checks that need no decoding, measured against
+the FP32 graph on the calibration items, at the gate's own limits.
+
+The gate (parity/) compares the engine with the PyTorch reference; calibration has the FP32 ONNX
+graph, which agrees with that reference to ~1e-5, far inside any int8 limit. Per output:
+
+- ``raw_cosine[o]`` and ``raw_max_rel[o]``: the gate's raw checks, every family;
+- ``row_cosine_min[o]``: the worst item's cosine, where the gate has that check on raw values
+  (family ``tensors``, its ``row_cosine`` limit; ``reid``, ``embedding_cosine`` on the embedding;
+  left out for outputs of one value per item, as the gate leaves it);
+- ``max_abs[o]``, ``argmax_agreement[o]``, ``top{k}_overlap[o]``: family ``tensors`` where the spec
+  declares the limit or the output as class scores (tie-aware, as the gate);
+- ``mean_output_cosine``: the mean over items and outputs must reach ``--target-cosine`` too:
+  headroom for the checks the gate decodes (boxes, keypoints, maps), which need the family's
+  reference decoding and do not run here.
+
+A candidate passes when every check passes. Candidates that fail are ordered by how many checks
+fail, then by the worst normalised shortfall, so "best measured" means closest to the gate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from batchforge.metrics import compare_arrays, rowwise_cosine, tie_aware_scores
+from batchforge.runtime.artifacts import Precision
+from batchforge.tolerances import Limit, at_least, limits_for, tensors_output_limits
+
+MEAN_REASON = ("calibrate --target-cosine: headroom for the gate's decoded checks, which need the "
+               "family's reference decoding and cannot run at calibration")
+ROW_LIMIT = {"tensors": "row_cosine", "reid": "embedding_cosine"}  # family -> worst-item limit on raw values
+
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    value: float
+    limit: Limit
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.limit.passes(self.value))
+
+    @property
+    def margin(self) -> float:
+        """Distance to the limit, as a share of the limit's room (negative: failed by that much)."""
+        value, limit = self.value, self.limit.value
+        if not math.isfinite(value):
+            return -math.inf
+        if self.limit.kind == "min":
+            room = 1.0 - limit if limit < 1.0 else 1.0
+            return (value - limit) / room
+        return (limit - value) / (limit if limit > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    checks: tuple[Measured, ...]
+    min_cosine: float
+    mean_cosine: float
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.passed]
+
+    def rank_key(self) -> tuple[int, float]:
+        """Smaller is closer to passing: failed checks, then the worst margin (negated)."""
+        return len(self.failed), -min((c.margin for c in self.checks), default=0.0)
+
+    def as_dict(self) -> dict[str, object]:
+        """The step record: the cosines (as before), the verdict and each failed check's value."""
+        return {"min_cosine": round(self.min_cosine, 6), "mean_cosine": round(self.mean_cosine, 6),
+                "passes_gate_checks": self.passed,
+                "failed": {c.name: f"{c.value:.4g} (limit {c.limit.symbol} {c.limit.value:g})"
+                           for c in self.checks if not c.passed}}
+
+
+@dataclass(frozen=True)
+class GateCriterion:
+    """The checks of the module docstring for one model: ``limits`` per output, the outputs
+    with a worst-item check, the class-score outputs (with their top k)."""
+
+    limits: Mapping[str, Mapping[str, Limit]]
+    row_outputs: tuple[str, ...] = ()
+    row_limit: str = "row_cosine"
+    score_outputs: Mapping[str, int] = field(default_factory=dict)
+    target_mean_cosine: float = 0.995
+
+    @classmethod
+    def mean_only(cls, target: float) -> GateCriterion:
+        """Only the mean output cosine (a model without a spec: tests, library calls)."""
+        return cls({}, target_mean_cosine=target)
+
+    @classmethod
+    def for_spec(cls, spec: object, precision: Precision, target: float) -> GateCriterion:
+        """The gate's limits for ``spec``'s family at ``precision`` (tensors: with the spec's
+        per-output overrides)."""
+        from batchforge.runtime.spec import ModelSpec
+
+        assert isinstance(spec, ModelSpec)
+        tier = limits_for(spec.family, precision)
+        outputs = tuple(spec.outputs)
+        if spec.family == "tensors":
+            from batchforge.runtime.post.tensors import TensorsOptions
+            from batchforge.runtime.spec import parse_options
+
+            options: TensorsOptions = parse_options(TensorsOptions, spec.postprocess, "tensors postprocess options")
+            limits = {o: tensors_output_limits(tier, options.output(o), o, precision) for o in outputs}
+            scores = {o: options.top_k for o in outputs if options.output(o).kind.is_scores}
+            return cls(limits, outputs, "row_cosine", scores, target)
+        row = ROW_LIMIT.get(spec.family)
+        return cls({o: tier for o in outputs}, outputs if row else (), row or "row_cosine", {}, target)
+
+    def judge(self, names: Sequence[str], reference: Sequence[Sequence[np.ndarray]],
+              candidate: Sequence[Sequence[np.ndarray]]) -> Verdict:
+        """``reference``/``candidate``: per batch, the outputs in ``names`` order."""
+        per_item = [c for want, got in zip(reference, candidate) for a, b in zip(want, got)
+                    for c in rowwise_cosine(a, b)]
+        checks: list[Measured] = []
+        for position, name in enumerate(names):
+            limits = self.limits.get(name)
+            if not limits:
+                continue
+            ref = np.concatenate([batch[position] for batch in reference])
+            got = np.concatenate([batch[position] for batch in candidate])
+            max_abs, max_rel, cosine = compare_arrays(ref, got)
+            checks.append(Measured(f"raw_cosine[{name}]", cosine, limits["raw_cosine"]))
+            if "raw_max_rel" in limits:
+                checks.append(Measured(f"raw_max_rel[{name}]", max_rel, limits["raw_max_rel"]))
+            if name in self.row_outputs and self.row_limit in limits and ref.size // max(len(ref), 1) > 1:
+                checks.append(Measured(f"row_cosine_min[{name}]", float(rowwise_cosine(ref, got).min()),
+                                       limits[self.row_limit]))
+            if "max_abs" in limits:
+                checks.append(Measured(f"max_abs[{name}]", max_abs, limits["max_abs"]))
+            if name in self.score_outputs:
+                scores = tie_aware_scores(ref, got, limits["score_tie"].value, self.score_outputs[name])
+                if scores is not None:
+                    checks.append(Measured(f"argmax_agreement[{name}]", scores.agreement, limits["argmax_agreement"]))
+                    if scores.overlap is not None:
+                        checks.append(Measured(f"top{self.score_outputs[name]}_overlap[{name}]", scores.overlap,
+                                               limits["topk_overlap"]))
+        mean = float(np.mean(per_item))
+        checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
+        return Verdict(tuple(checks), float(np.min(per_item)), mean)
+
+
+def fewest_passing(count: int, passes: Callable[[int], bool]) -> int | None:
+    """The smallest ``k`` in 1..count for which ``passes(k)`` (the first ``k`` nodes of a ranking
+    kept FP32) holds, searched by doubling (1, 2, 4, ..., count) and then bisection between the
+    last failing and the first passing count; None when ``count`` itself fails. Each ``k`` is
+    asked at most once; more nodes in FP32 is assumed to help (not guaranteed: the callers
+    record every step measured)."""
+    failing, passing, k = 0, None, 1
+    while count and passing is None:
+        k = min(k, count)
+        if passes(k):
+            passing = k
+        elif k == count:
+            return None
+        else:
+            failing, k = k, 2 * k
+    while passing is not None and passing - failing > 1:
+        middle = (failing + passing) // 2
+        if passes(middle):
+            passing = middle
+        else:
+            failing = middle
+    return passing
