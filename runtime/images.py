@@ -11,6 +11,8 @@ Rules (applied to files and to arrays passed to a pipeline):
   (``image_header``) before anything is decoded; every page of a TIFF counts;
 - a file larger than its pixels can take (``max_file_bytes``): refused before it is read, and
   no read goes past that bound;
+- a JPEG whose scan data is cut short or corrupt (libjpeg's "Corrupt JPEG data" warnings, which
+  OpenCV would answer with grey rows; ``jpeg_warnings``): refused;
 - formats whose header is not read (anything but PNG, JPEG, BMP, TIFF, WebP): refused;
 - several frames or pages (APNG, multi-page TIFF, animated WebP): the first one is used, as
   OpenCV reads it.
@@ -28,6 +30,7 @@ import numpy as np
 
 from batchforge.errors import InputValidationError
 from batchforge.runtime.image_header import ImageHeader, read_header
+from batchforge.runtime.jpeg_warnings import decode_with_warnings
 
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -137,6 +140,19 @@ def check_header(fh: BinaryIO, *, source: str, max_pixels: int = DEFAULT_MAX_PIX
     return header
 
 
+def _imdecode(data: bytes, source: str) -> np.ndarray | None:
+    """OpenCV's decode of ``data``; a JPEG whose scan data libjpeg found cut or corrupt raises."""
+    buffer = np.frombuffer(data, np.uint8)
+    if data[:2] != b"\xff\xd8":
+        return cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    decoded, warnings = decode_with_warnings(lambda: cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
+    if warnings:
+        raise InputValidationError(
+            f"{source}: truncated or corrupt JPEG: libjpeg reports \"{warnings[0]}\" (the rows it "
+            "could not decode would come back grey)", hint="re-encode or re-transfer the file")
+    return decoded
+
+
 def decode_image(data: bytes, *, source: str = "image",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decodes encoded image bytes to RGB uint8 (H, W, 3) with the module's rules."""
@@ -148,7 +164,7 @@ def decode_image(data: bytes, *, source: str = "image",
     if reason:
         raise InputValidationError(f"{source}: truncated image: {reason}")
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        decoded = _imdecode(data, source)
     except cv2.error as exc:
         detail = (str(exc).strip().splitlines() or ["cv2.error"])[-1].strip()
         raise InputValidationError(f"{source}: OpenCV could not decode it: {detail[:200]}") from None
