@@ -1,5 +1,5 @@
 """Issue #29 case 13 (part): a JPEG cut short with its end marker re-appended is that item's error
-record, not a result computed on grey rows."""
+record, not a result computed on grey rows; the NaN/Inf input message names the items and indices."""
 
 import json
 import os
@@ -14,6 +14,7 @@ from hostile_files import BACKEND, good_images, tiny_artifacts
 from batchforge.cli import main
 from batchforge.errors import InputValidationError
 from batchforge.runtime import images
+from batchforge.runtime.validation import IOMeta, validate_feed
 
 
 def jpeg(height: int = 120, width: int = 160) -> bytes:
@@ -90,6 +91,23 @@ def test_other_output_on_stderr_during_a_decode_is_passed_on(capfd, monkeypatch)
         images.decode_image(cut_jpeg(), source="cut.jpg")
     err = capfd.readouterr().err
     assert err.count("another thread's line\n") == 2 and "Corrupt JPEG data" not in err and "\x00" not in err
+
+
+def test_the_nonfinite_input_message_names_the_items_and_indices():
+    x = np.zeros((4, 3, 5, 5), np.float32)
+    x[0, 1, 4, 4] = np.nan
+    x[0, 2, 0, 0] = np.inf
+    x[2, 0, 0, 1] = -np.inf
+    meta = {"image": IOMeta("image", ("batch", 3, 5, 5), np.dtype(np.float32))}
+    with pytest.raises(InputValidationError) as caught:
+        validate_feed({"image": x}, meta, None)
+    assert caught.value.one_line() == ("input 'image': expected finite values, got 3 NaN/Inf element(s) in 2 "
+                                       "of 4 items: item 0 (2, first at (1, 4, 4)), item 2 (1, first at (0, 0, 1))")
+    many = np.full((20, 2), np.nan, np.float32)
+    meta = {"v": IOMeta("v", ("batch", 2), np.dtype(np.float32))}
+    with pytest.raises(InputValidationError, match=r"40 NaN/Inf element\(s\) in 20 of 20 items: item 0 \(2, "
+                                                   r"first at \(0,\)\), .*item 7 .*, and 12 more items$"):
+        validate_feed({"v": many}, meta, None)
 
 
 def test_a_warning_beside_another_decode_is_settled_by_decoding_both_again_alone(capfd):
