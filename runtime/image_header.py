@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from batchforge.errors import InputValidationError
 
 HEADER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WebP")
@@ -118,7 +120,7 @@ def _bmp(r: _Reader) -> ImageHeader:
 
 
 _TIFF_INTEGERS = {1: "B", 3: "H", 4: "I"}  # BYTE, SHORT, LONG: what libtiff reads a dimension from
-_TIFF_NAMES = {256: "ImageWidth", 257: "ImageLength"}
+_TIFF_NAMES = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample"}
 
 
 def _tiff_value(r: _Reader, order: str, entry: bytes) -> int:
@@ -138,26 +140,27 @@ def _tiff_page(r: _Reader, order: str, entries: bytes, page: int) -> dict[int, i
     the last would pass a file whose real size it never saw). A dimension that is not exactly
     one integer is refused for the same reason.
     """
+    table = np.frombuffer(entries, np.dtype([("tag", order + "u2"), ("kind", order + "u2"),
+                                             ("count", order + "u4"), ("value", "V4")]))
+    numbers = np.sort(table["tag"])  # whole tables at once: 4096 pages of 65535 entries stay fast
+    twice = numbers[1:][numbers[1:] == numbers[:-1]]
+    if twice.size:
+        tag = int(twice[0])
+        raise InputValidationError(
+            f"{r.source}: TIFF page {page} lists {_TIFF_NAMES.get(tag, f'tag {tag}')} ({tag}) twice; "
+            "expected each tag once, so what a decoder would read is ambiguous and the file is refused",
+            hint="re-save it with a TIFF writer such as tiffcp")
     tags: dict[int, int] = {}
-    seen: set[int] = set()
-    for i in range(len(entries) // 12):
-        entry = entries[12 * i:12 * i + 12]
-        tag, kind, count = struct.unpack(order + "HHI", entry[:8])
-        name = _TIFF_NAMES.get(tag, "BitsPerSample" if tag == 258 else f"tag {tag}")
-        if tag in seen:
-            raise InputValidationError(
-                f"{r.source}: TIFF page {page} lists {name} ({tag}) twice; expected each tag once, so "
-                "the size a decoder would use is ambiguous and the file is refused",
-                hint="re-save it with a TIFF writer such as tiffcp")
-        seen.add(tag)
-        if tag in _TIFF_NAMES:
+    for row in table[np.isin(table["tag"], (256, 257, 258))]:
+        tag, kind, count = int(row["tag"]), int(row["kind"]), int(row["count"])
+        if tag in (256, 257):
             if kind not in _TIFF_INTEGERS or count != 1:
                 raise InputValidationError(
-                    f"{r.source}: TIFF page {page} gives {name} as {count} value(s) of type {kind}; "
-                    "expected one BYTE, SHORT or LONG", hint="re-save it with a TIFF writer")
-            tags[tag] = _tiff_value(r, order, entry)
-        elif tag == 258 and kind in _TIFF_INTEGERS and count >= 1:  # one depth per sample
-            tags[tag] = _tiff_value(r, order, entry)
+                    f"{r.source}: TIFF page {page} gives {_TIFF_NAMES[tag]} as {count} value(s) of type "
+                    f"{kind}; expected one BYTE, SHORT or LONG", hint="re-save it with a TIFF writer")
+            tags[tag] = _tiff_value(r, order, row.tobytes())
+        elif kind in _TIFF_INTEGERS and count >= 1:  # BitsPerSample: one depth per sample
+            tags[tag] = _tiff_value(r, order, row.tobytes())
     if 256 not in tags or 257 not in tags:
         raise InputValidationError(f"{r.source}: TIFF page {page} has no ImageWidth/ImageLength tags")
     return tags
