@@ -5,6 +5,7 @@
   and retry, down to one item.
 - Non-finite values (NaN, inf) in an engine output are found per item, so only that item gets an
   error record naming the output; the JSON written stays strictly finite.
+- Non-finite values in an input are described by item and index (``describe_nonfinite``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,27 @@ def first_nonfinite(value: Any, path: str = "") -> str | None:
         if where is not None:
             return where
     return None
+
+
+def describe_nonfinite(value: np.ndarray, shown: int = 8) -> str:
+    """Where a batched input holds NaN or inf: the count, then the items (leading index) and, per
+    item, how many and the index of the first, for the first ``shown`` such items.
+
+    Example: ``3 NaN/Inf element(s) in 2 of 4 items: item 0 (2, first at (1, 4, 4)), item 2 (1,
+    first at (0, 0, 1))``.
+    """
+    bad = ~np.isfinite(value)
+    total = int(np.count_nonzero(bad))
+    if value.ndim == 0:
+        return f"{total} NaN/Inf element(s) in a 0-d array"
+    per_item = bad.reshape(len(value), -1)
+    items = np.flatnonzero(per_item.any(axis=1))
+    parts = [f"item {i}" if value.ndim == 1 else
+             f"item {i} ({int(np.count_nonzero(per_item[i]))}, first at "
+             f"{tuple(int(x) for x in np.unravel_index(int(np.argmax(per_item[i])), value.shape[1:]))})"
+             for i in items[:shown]]
+    more = f", and {len(items) - shown} more items" if len(items) > shown else ""
+    return f"{total} NaN/Inf element(s) in {len(items)} of {len(value)} items: {', '.join(parts)}{more}"
 
 
 def nonfinite_record(source: str, names: Sequence[str]) -> ErrorRecord:

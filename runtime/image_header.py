@@ -3,8 +3,8 @@
 So the pixel limit is applied before OpenCV allocates the image: a 1 MB PNG that claims
 20000x20000 is refused after reading a few dozen bytes, not after decoding 1.2 GB of pixels.
 Covers the formats ``IMAGE_SUFFIXES`` names: PNG (with APNG frame count), JPEG (SOF segment),
-BMP, TIFF (first IFD; pages counted), WebP (VP8, VP8L, VP8X). Any other format is refused by
-name rather than decoded unchecked.
+BMP, TIFF (every IFD and every entry; a tag listed twice is refused), WebP (VP8, VP8L, VP8X).
+Any other format is refused by name rather than decoded unchecked.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
+
+import numpy as np
 
 from batchforge.errors import InputValidationError
 
@@ -29,6 +31,14 @@ class ImageHeader:
     height: int
     bit_depth: int
     frames: int = 1
+    later_pages: tuple[tuple[int, int], ...] = ()  # (width, height) of TIFF pages 2, 3, ...
+
+    @property
+    def total_pixels(self) -> int:
+        """Pixels of every page or frame (animation frames are at most the canvas size)."""
+        if self.later_pages:
+            return self.width * self.height + sum(w * h for w, h in self.later_pages)
+        return self.width * self.height * max(self.frames, 1)
 
 
 class _Reader:
@@ -109,37 +119,69 @@ def _bmp(r: _Reader) -> ImageHeader:
     return ImageHeader("BMP", abs(width), abs(height), depth)
 
 
-def _tiff_tags(r: _Reader, order: str, entries: bytes, count: int) -> dict[int, int]:
-    """First value of each SHORT/LONG tag of one IFD (BitsPerSample may point to an array)."""
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I"}  # BYTE, SHORT, LONG: what libtiff reads a dimension from
+_TIFF_NAMES = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample"}
+
+
+def _tiff_value(r: _Reader, order: str, entry: bytes) -> int:
+    """The first value of an integer entry, from the field itself or from where it points."""
+    _tag, kind, count = struct.unpack(order + "HHI", entry[:8])
+    fmt = order + _TIFF_INTEGERS[kind]
+    size = struct.calcsize(fmt)
+    raw = entry[8:12] if size * count <= 4 else r.at(struct.unpack(order + "I", entry[8:12])[0], size)
+    return struct.unpack(fmt, raw[:size])[0]
+
+
+def _tiff_page(r: _Reader, order: str, entries: bytes, page: int) -> dict[int, int]:
+    """Width, length and (first) bit depth of one IFD, every entry read.
+
+    A tag listed twice is refused: TIFF requires each tag once, and which occurrence a reader
+    takes is its own choice (libtiff, inside OpenCV, takes the first; a header check that took
+    the last would pass a file whose real size it never saw). A dimension that is not exactly
+    one integer is refused for the same reason.
+    """
+    table = np.frombuffer(entries, np.dtype([("tag", order + "u2"), ("kind", order + "u2"),
+                                             ("count", order + "u4"), ("value", "V4")]))
+    numbers = np.sort(table["tag"])  # whole tables at once: 4096 pages of 65535 entries stay fast
+    twice = numbers[1:][numbers[1:] == numbers[:-1]]
+    if twice.size:
+        tag = int(twice[0])
+        raise InputValidationError(
+            f"{r.source}: TIFF page {page} lists {_TIFF_NAMES.get(tag, f'tag {tag}')} ({tag}) twice; "
+            "expected each tag once, so what a decoder would read is ambiguous and the file is refused",
+            hint="re-save it with a TIFF writer such as tiffcp")
     tags: dict[int, int] = {}
-    for i in range(count):
-        tag, kind, n = struct.unpack(order + "HHI", entries[12 * i:12 * i + 8])
-        raw = entries[12 * i + 8:12 * i + 12]
-        if kind == 3 and n <= 2:  # SHORTs stored in the field itself
-            tags[tag] = struct.unpack(order + "H", raw[:2])[0]
-        elif kind == 3 and tag == 258:  # one depth per sample, stored at an offset
-            tags[tag] = struct.unpack(order + "H", r.at(struct.unpack(order + "I", raw)[0], 2))[0]
-        elif kind == 4:
-            tags[tag] = struct.unpack(order + "I", raw)[0]
+    for row in table[np.isin(table["tag"], (256, 257, 258))]:
+        tag, kind, count = int(row["tag"]), int(row["kind"]), int(row["count"])
+        if tag in (256, 257):
+            if kind not in _TIFF_INTEGERS or count != 1:
+                raise InputValidationError(
+                    f"{r.source}: TIFF page {page} gives {_TIFF_NAMES[tag]} as {count} value(s) of type "
+                    f"{kind}; expected one BYTE, SHORT or LONG", hint="re-save it with a TIFF writer")
+            tags[tag] = _tiff_value(r, order, row.tobytes())
+        elif kind in _TIFF_INTEGERS and count >= 1:  # BitsPerSample: one depth per sample
+            tags[tag] = _tiff_value(r, order, row.tobytes())
+    if 256 not in tags or 257 not in tags:
+        raise InputValidationError(f"{r.source}: TIFF page {page} has no ImageWidth/ImageLength tags")
     return tags
 
 
 def _tiff(r: _Reader, head: bytes) -> ImageHeader:
+    """The first page's size (the one OpenCV decodes) and every other page's, all IFDs read."""
     order = "<" if head[:2] == b"II" else ">"
     offset = struct.unpack(order + "I", head[4:8])[0]
-    first: dict[int, int] = {}
-    pages, seen = 0, set()
-    while offset and offset not in seen and pages < _MAX_TIFF_PAGES:
+    pages: list[dict[int, int]] = []
+    seen: set[int] = set()
+    while offset and offset not in seen and len(pages) < _MAX_TIFF_PAGES:
         seen.add(offset)
         count = struct.unpack(order + "H", r.at(offset, 2))[0]
-        entries = r.take(12 * count)
-        if pages == 0:
-            first = _tiff_tags(r, order, entries, count)
-        pages += 1
+        pages.append(_tiff_page(r, order, r.take(12 * count), len(pages) + 1))
         offset = struct.unpack(order + "I", r.at(offset + 2 + 12 * count, 4))[0]
-    if 256 not in first or 257 not in first:
-        raise InputValidationError(f"{r.source}: TIFF whose first page has no width/length tags")
-    return ImageHeader("TIFF", first[256], first[257], first.get(258, 1), pages)
+    if not pages:
+        raise InputValidationError(f"{r.source}: TIFF without an image directory (IFD offset 0)")
+    first = pages[0]
+    return ImageHeader("TIFF", first[256], first[257], first.get(258, 1), len(pages),
+                       tuple((page[256], page[257]) for page in pages[1:]))
 
 
 def _webp_frames(r: _Reader) -> int:

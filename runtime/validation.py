@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from batchforge.errors import InputValidationError
+from batchforge.runtime.guards import describe_nonfinite
 from batchforge.runtime.spec import ProfileRange
 
 
@@ -103,10 +104,7 @@ def validate_feed(
                 f"input {name!r}: batch {value.shape[0]} differs from the other inputs' {batch}"
             )
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            bad = int(np.count_nonzero(~np.isfinite(value)))
-            raise InputValidationError(
-                f"input {name!r}: expected finite values, got {bad} NaN/Inf element(s)"
-            )
+            raise InputValidationError(f"input {name!r}: expected finite values, got {describe_nonfinite(value)}")
     assert batch is not None
     if batch == 0:
         raise InputValidationError("empty batch: expected at least one item (pipelines return [])")
