@@ -229,15 +229,16 @@ class Pipeline(abc.ABC):
     def __call__(self, items: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> list[Result]:
         """Runs decoded items (e.g. RGB uint8 images); one result per item, order kept.
 
-        Raises InputValidationError on the first bad item; use ``run_sources`` for per-item
-        error records.
+        Inference is guarded as in ``run_sources``: an item whose output is not finite, or that
+        cannot allocate even alone, gets an ErrorRecord naming why. Raises InputValidationError
+        on the first bad item (use ``run_sources`` for per-item records of unreadable inputs).
         """
         if sources is not None and len(sources) != len(items):
             raise InputValidationError(
                 f"got {len(items)} items but {len(sources)} source names"
             )
         names = list(sources) if sources is not None else [str(i) for i in range(len(items))]
-        return self.run_prepared([self.prepare(x, s) for x, s in zip(items, names)])
+        return self.run_guarded([self.prepare(x, s) for x, s in zip(items, names)])
 
     def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None, *,
                     workers: int | None = None) -> Iterator[Result]:
