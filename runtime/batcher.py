@@ -8,6 +8,12 @@ back-pressure), a request still queued at its deadline fails with ``TimeoutError
 second thread watches the deadlines, so a long batch in inference does not delay it), and
 ``close()`` runs what is queued and stops.
 
+A batch the engine fails on is run again request by request (``Pipeline.infer_guarded``), so
+only a request the engine refuses alone gets an ErrorRecord. A sticky engine error (nothing runs
+alone, a probe included) makes the batcher unhealthy: the batch's and every queued request fail
+with EngineUnhealthyError, ``submit`` refuses new ones with it, and ``health`` / ``stats()``
+say why.
+
 Usage::
 
     with pipeline, DynamicBatcher(pipeline, max_batch=8, max_delay_ms=5) as batcher:
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from batchforge.errors import BatcherClosedError, BatchforgeError, QueueFullError, UsageError
+from batchforge.errors import BatcherClosedError, BatchforgeError, EngineUnhealthyError, QueueFullError, UsageError
 from batchforge.runtime.pipelines.base import input_errors
 from batchforge.runtime.results import Result
 
@@ -82,6 +88,7 @@ class DynamicBatcher:
         self._sizes: Counter[int] = Counter()
         self._waits: deque[float] = deque(maxlen=WAIT_SAMPLES)
         self._counts = Counter[str]()
+        self._unhealthy: EngineUnhealthyError | None = None
         self._thread = threading.Thread(target=self._serve, name="batchforge-batcher", daemon=True)
         self._thread.start()
         self._reaper = threading.Thread(target=self._expire, name="batchforge-batcher-timeouts", daemon=True)
@@ -92,11 +99,13 @@ class DynamicBatcher:
         """Queues one item (e.g. an RGB uint8 image); safe from any number of threads.
 
         Returns:
-            A Future of the item's Result: an ErrorRecord when its batch could not allocate even
-            one item or its output is not finite; the exception InputValidationError for a bad
-            item and TimeoutError when it waited longer than its timeout.
+            A Future of the item's Result: an ErrorRecord when it could not allocate even alone,
+            the engine refuses it alone (its batch-mates still run) or its output is not finite;
+            the exception InputValidationError for a bad item, TimeoutError when it waited longer
+            than its timeout, EngineUnhealthyError when the engine failed for good meanwhile.
         Raises:
-            QueueFullError when ``max_queue`` requests are waiting; BatcherClosedError after close().
+            QueueFullError when ``max_queue`` requests are waiting; BatcherClosedError after close();
+            EngineUnhealthyError once the engine is unhealthy.
         """
         _check_timeout(timeout_ms)
         name = source if source is not None else f"request{next(self._names)}"
@@ -118,6 +127,9 @@ class DynamicBatcher:
 
     def _check_room(self) -> None:
         with self._cond:
+            if self._unhealthy is not None:
+                self._counts["rejected"] += 1  # a new exception each time: re-raising one grows its traceback
+                raise EngineUnhealthyError(self._unhealthy.message, hint=self._unhealthy.hint)
             if self._closed:
                 raise BatcherClosedError("the batcher is closed; submit() needs an open one",
                                          hint="create a new DynamicBatcher")
@@ -140,8 +152,16 @@ class DynamicBatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def health(self) -> str | None:
+        """None while the engine is healthy; else why the batcher refuses work (a sticky engine error)."""
+        with self._cond:
+            return None if self._unhealthy is None else self._unhealthy.one_line()
+
     def stats(self) -> dict[str, Any]:
-        """Requests served, the batch-size histogram, queue-wait p50/p99 (ms), timeouts, rejections."""
+        """Requests served, the batch-size histogram, queue-wait p50/p99 (ms), timeouts, rejections,
+        and ``health`` (None, or why the batcher refuses work)."""
+        health = self.health
         with self._cond:
             waits = np.asarray(self._waits, dtype=np.float64) * 1000
             sizes = dict(sorted(self._sizes.items()))
@@ -158,6 +178,7 @@ class DynamicBatcher:
             "timeouts": counts.get("timeouts", 0),
             "rejected": counts.get("rejected", 0),
             "queued": queued,
+            "health": health,
         }
 
     # the batcher's thread --------------------------------------------------------------
@@ -226,6 +247,9 @@ class DynamicBatcher:
             self._waits.extend(now - r.enqueued for r in live)
         try:
             results = self.pipeline.run_guarded([r.prepared for r in live])
+        except EngineUnhealthyError as exc:  # sticky: this batch, the queue and later submits fail
+            self._become_unhealthy(exc, live)
+            return
         except BaseException as exc:  # the batch's callers get it; the batcher keeps serving
             for request in live:
                 request.future.set_exception(exc)
@@ -233,6 +257,17 @@ class DynamicBatcher:
         for request, result in zip(live, results):
             request.future.set_result(result)
         self._count("served", len(live))
+
+    def _become_unhealthy(self, exc: EngineUnhealthyError, live: list[_Request]) -> None:
+        with self._cond:
+            self._unhealthy = exc
+            queued, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for request in live:
+            request.future.set_exception(exc)
+        for request in queued:  # outside the lock: a future's callbacks run here
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(exc)
 
     def _count(self, what: str, n: int = 1) -> None:
         with self._cond:

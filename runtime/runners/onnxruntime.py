@@ -130,6 +130,7 @@ class OnnxRuntimeRunner(Runner):
         self.model = model if isinstance(model, bytes) else str(model)
         self.options = options or OrtOptions()
         self.session: Any = None
+        self._run_options: Any = None
         self._outputs: tuple[str, ...] = ()
 
     def activate_impl(self) -> None:
@@ -156,6 +157,10 @@ class OnnxRuntimeRunner(Runner):
                 hint="check the file with `batchforge inspect`, or re-create it with the command that made it",
             ) from None
         self._outputs = tuple(o.name for o in self.session.get_outputs())
+        # a failed run raises (and becomes that input's record or the engine's one line); ORT's
+        # own ERROR log of it would print the same message again, in colour, on the user's stderr
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -178,7 +183,7 @@ class OnnxRuntimeRunner(Runner):
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
-        values = self.session.run(list(self._outputs), feed)
+        values = self.session.run(list(self._outputs), feed, self._run_options)
         return dict(zip(self._outputs, values))
 
     def deactivate_impl(self) -> None:
