@@ -36,11 +36,15 @@ import numpy as np
 from batchforge.errors import BatcherClosedError, BatchforgeError, EngineUnhealthyError, QueueFullError, UsageError
 from batchforge.runtime.pipelines.base import input_errors
 from batchforge.runtime.results import Result
+from batchforge.runtime.typed_options import check_numbers, number_problem
 
 if TYPE_CHECKING:
     from batchforge.runtime.pipelines.base import Pipeline, Prepared
 
 WAIT_SAMPLES = 100_000  # queue waits kept for the percentiles (the most recent ones)
+MAX_DELAY_MS = 60_000.0  # a minute: longer defeats a latency batcher (and threading's wait has a ceiling)
+MAX_TIMEOUT_MS = 86_400_000.0  # a day; None means no timeout
+MAX_QUEUE = 10_000_000  # requests; the queue holds preprocessed inputs in memory
 
 
 @dataclass(frozen=True)
@@ -60,20 +64,21 @@ class DynamicBatcher:
         max_delay_ms: longest time the oldest queued request waits for others to join it.
         max_queue: requests queued at most; ``submit`` raises QueueFullError beyond.
         timeout_ms: default per-request timeout (None: no timeout).
+    Raises:
+        ConfigError naming each argument that is not a finite number in its range (one line).
     """
 
     def __init__(self, pipeline: Pipeline, *, max_batch: int | None = None, max_delay_ms: float = 5.0,
                  max_queue: int = 256, timeout_ms: float | None = None) -> None:
         limit = pipeline.max_batch
         max_batch = min(pipeline.spec.profile.opt, limit) if max_batch is None else max_batch
-        if not isinstance(max_batch, int) or not 1 <= max_batch <= limit:
-            raise UsageError(f"max_batch must be an integer from 1 to the pipeline's max batch {limit}, "
-                             f"got {max_batch!r}")
-        if not max_delay_ms >= 0:
-            raise UsageError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
-        if not isinstance(max_queue, int) or max_queue < 1:
-            raise UsageError(f"max_queue must be an integer >= 1, got {max_queue!r}")
-        _check_timeout(timeout_ms)
+        batch_problem = number_problem("max_batch", max_batch, 1, limit, integer=True)
+        check_numbers("DynamicBatcher", [
+            batch_problem,
+            number_problem("max_delay_ms", max_delay_ms, 0, MAX_DELAY_MS, unit=" ms"),
+            number_problem("max_queue", max_queue, 1, MAX_QUEUE, integer=True),
+            _timeout_problem(timeout_ms)],
+            hint=f"max_batch is at most the pipeline's max batch {limit}" if batch_problem else None)
         inactive = [r.name for r in pipeline.runners if not r.is_active]
         if inactive:
             raise UsageError(f"the pipeline's runner(s) {inactive} are not active",
@@ -105,9 +110,9 @@ class DynamicBatcher:
             than its timeout, EngineUnhealthyError when the engine failed for good meanwhile.
         Raises:
             QueueFullError when ``max_queue`` requests are waiting; BatcherClosedError after close();
-            EngineUnhealthyError once the engine is unhealthy.
+            EngineUnhealthyError once the engine is unhealthy; ConfigError for a bad ``timeout_ms``.
         """
-        _check_timeout(timeout_ms)
+        check_numbers("DynamicBatcher.submit", [_timeout_problem(timeout_ms)])
         name = source if source is not None else f"request{next(self._names)}"
         self._check_room()
         future: Future[Result] = Future()
@@ -139,7 +144,13 @@ class DynamicBatcher:
                                      hint="retry later, or raise max_queue")
 
     def close(self, timeout: float | None = None) -> None:
-        """Stops taking requests, runs every queued one, and stops the thread (idempotent)."""
+        """Stops taking requests, runs every queued one, and stops the thread (idempotent).
+
+        Args:
+            timeout: seconds to wait for each thread (None: until done).
+        """
+        check_numbers("DynamicBatcher.close", [
+            None if timeout is None else number_problem("timeout", timeout, 0, MAX_TIMEOUT_MS / 1000, unit=" s")])
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -274,6 +285,8 @@ class DynamicBatcher:
             self._counts[what] += n
 
 
-def _check_timeout(timeout_ms: float | None) -> None:
-    if timeout_ms is not None and not timeout_ms > 0:
-        raise UsageError(f"timeout_ms must be > 0 (or None for no timeout), got {timeout_ms!r}")
+def _timeout_problem(timeout_ms: float | None) -> str | None:
+    if timeout_ms is None:
+        return None
+    problem = number_problem("timeout_ms", timeout_ms, 0, MAX_TIMEOUT_MS, above_low=True, unit=" ms")
+    return None if problem is None else problem + " (None: no timeout)"

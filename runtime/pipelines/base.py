@@ -33,6 +33,11 @@ from batchforge.runtime.profiling import StageProfile
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, parse_options
+from batchforge.runtime.typed_options import check_numbers, number_problem
+
+MAX_RUN_BATCH = 65_536  # items per run_sources batch: far above any profile, below a memory blow-up
+MAX_WORKERS = 256  # prepare threads; more only contend for the GIL
+MAX_PIXELS_LIMIT = 10**12  # the decode guard's ceiling: a terapixel is no image anyone decodes
 
 
 @contextlib.contextmanager
@@ -90,6 +95,8 @@ class Pipeline(abc.ABC):
 
     def __init__(self, spec: ModelSpec, runner: Runner, options: Any = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        check_numbers(type(self).__name__,
+                      [number_problem("max_pixels", max_pixels, 1, MAX_PIXELS_LIMIT, integer=True)])
         self.spec = spec
         self.runner = runner
         self.options = options if options is not None else parse_options(
@@ -321,12 +328,11 @@ class Pipeline(abc.ABC):
             workers: threads that read, decode and preprocess ahead of inference (0: all on the
                 calling thread; default: ``default_workers()``). Results are the same for any value.
         """
-        size = batch_size or self.spec.profile.opt
-        if size < 1:
-            raise InputValidationError(f"batch size must be >= 1, got {size}")
+        check_numbers("run_sources", [
+            None if batch_size is None else number_problem("batch_size", batch_size, 1, MAX_RUN_BATCH, integer=True),
+            None if workers is None else number_problem("workers", workers, 0, MAX_WORKERS, integer=True)])
+        size = self.spec.profile.opt if batch_size is None else batch_size
         workers = default_workers() if workers is None else workers
-        if workers < 0:
-            raise InputValidationError(f"workers must be >= 0, got {workers}")
         self.stage_profile = StageProfile(workers)
         yield from run_overlapped(self, [str(s) for s in sources], size, workers, self.stage_profile)
 

@@ -14,6 +14,7 @@ from batchforge.errors import ArtifactError, BackendUnavailableError, Batchforge
 from batchforge.onnx_external import check_no_external_data, checked_external_files
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.typed_options import check_numbers, number_problem
 from batchforge.runtime.validation import IOMeta
 
 ORT_TYPES = {
@@ -28,6 +29,7 @@ ORT_TYPES = {
 }
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+MAX_THREADS = 1024  # per pool; 0 lets ONNX Runtime choose
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class OrtOptions:
     disabled_optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_numbers("OrtOptions", [number_problem(name, getattr(self, name), 0, MAX_THREADS, integer=True)
+                                     for name in ("intra_op_threads", "inter_op_threads")])
         if self.graph_optimization not in GRAPH_LEVELS:
             raise BatchforgeError(
                 f"graph_optimization must be one of {GRAPH_LEVELS}, got {self.graph_optimization!r}"
