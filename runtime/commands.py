@@ -136,8 +136,10 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
                     errors += 1
                     print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
     except EngineUnhealthyError as exc:  # sticky: the writer has removed its partial file
+        kept = f"; the {overlays.written} overlay(s) already in {args.overlays} are complete and kept" \
+            if overlays is not None and overlays.written else ""
         raise EngineUnhealthyError(f"{exc.message}; the run stopped after {done} of {len(sources)} inputs "
-                                   f"and wrote nothing to {args.output}",
+                                   f"and wrote nothing to {args.output}{kept}",
                                    hint="check the device with `batchforge doctor`, then run again") from None
     seconds = time.perf_counter() - start
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "

@@ -83,6 +83,26 @@ def test_a_sticky_engine_error_stops_run_with_one_line_and_nothing_written(artif
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+def test_an_engine_that_breaks_mid_run_leaves_no_partial_file(artifacts, tmp_path, capfd, monkeypatch):
+    real, calls = OnnxRuntimeRunner.infer_impl, []
+
+    def breaks_after_one_batch(self, feed):
+        calls.append(len(feed["index"]))
+        if len(calls) > 1:
+            raise RuntimeError(STICKY)
+        return real(self, feed)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", breaks_after_one_batch)
+    index_files(tmp_path / "in", 6, bad=set())
+    out = tmp_path / "r.jsonl"
+    assert _run(artifacts, tmp_path / "in", out, "--workers", "0") == 2
+    err = capfd.readouterr().err
+    assert "2 input(s) failed alone and the last input that ran (" in err and "item0.npy) fails too" in err
+    assert "the run stopped after 4 of 6 inputs and wrote nothing to" in err and "Traceback" not in err
+    assert calls == [4, 2, 1, 1, 1]  # the good batch; the batch of 2, each alone, the probe
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "in"]  # no jsonl, partial or npz
+
+
 def test_the_batcher_fails_only_the_bad_request_of_a_batch(artifacts):
     with open_lookup(artifacts) as pipe, DynamicBatcher(pipe, max_batch=4, max_delay_ms=60_000) as batcher:
         # the long delay makes the four one batch: it runs once the fourth arrives
