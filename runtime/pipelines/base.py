@@ -285,7 +285,8 @@ class Pipeline(abc.ABC):
 
     def postprocess_guarded(self, inferred: Inferred) -> list[Result]:
         """Results of one inferred batch in order: an error record for each item that failed to
-        allocate or has a non-finite output (naming it), ``postprocess`` for the others."""
+        allocate, that the engine refused alone, or that has a non-finite output (naming it),
+        ``postprocess`` for the others."""
         items = inferred.items
         if inferred.outputs is None:
             return [ErrorRecord(p.source, inferred.error_type, f"{p.source}: {inferred.error}") for p in items]
