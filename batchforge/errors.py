@@ -88,6 +88,17 @@ class NonFiniteOutputError(BatchforgeError):
     exit_code = 1
 
 
+class InferenceError(BatchforgeError):
+    """The engine could not run one item even alone, while other items run (per-item record)."""
+
+    exit_code = 1
+
+
+class EngineUnhealthyError(BatchforgeError):
+    """The engine fails on items that ran before (a sticky error): nothing more runs on it until
+    it is activated again."""
+
+
 class QueueFullError(BatchforgeError):
     """``DynamicBatcher.submit`` found its bounded queue full: back off and retry, or raise max_queue."""
 

@@ -8,6 +8,12 @@ back-pressure), a request still queued at its deadline fails with ``TimeoutError
 second thread watches the deadlines, so a long batch in inference does not delay it), and
 ``close()`` runs what is queued and stops.
 
+A batch the engine fails on is run again request by request (``Pipeline.infer_guarded``), so
+only a request the engine refuses alone gets an ErrorRecord. A sticky engine error (nothing runs
+alone, a probe included) makes the batcher unhealthy: the batch's and every queued request fail
+with EngineUnhealthyError, ``submit`` refuses new ones with it, and ``health`` / ``stats()``
+say why.
+
 Usage::
 
     with pipeline, DynamicBatcher(pipeline, max_batch=8, max_delay_ms=5) as batcher:
@@ -27,14 +33,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from batchforge.errors import BatcherClosedError, BatchforgeError, QueueFullError, UsageError
+from batchforge.errors import BatcherClosedError, BatchforgeError, EngineUnhealthyError, QueueFullError, UsageError
 from batchforge.runtime.pipelines.base import input_errors
 from batchforge.runtime.results import Result
+from batchforge.runtime.typed_options import check_numbers, number_problem
 
 if TYPE_CHECKING:
     from batchforge.runtime.pipelines.base import Pipeline, Prepared
 
 WAIT_SAMPLES = 100_000  # queue waits kept for the percentiles (the most recent ones)
+MAX_DELAY_MS = 60_000.0  # a minute: longer defeats a latency batcher (and threading's wait has a ceiling)
+MAX_TIMEOUT_MS = 86_400_000.0  # a day; None means no timeout
+MAX_QUEUE = 10_000_000  # requests; the queue holds preprocessed inputs in memory
 
 
 @dataclass(frozen=True)
@@ -54,20 +64,21 @@ class DynamicBatcher:
         max_delay_ms: longest time the oldest queued request waits for others to join it.
         max_queue: requests queued at most; ``submit`` raises QueueFullError beyond.
         timeout_ms: default per-request timeout (None: no timeout).
+    Raises:
+        ConfigError naming each argument that is not a finite number in its range (one line).
     """
 
     def __init__(self, pipeline: Pipeline, *, max_batch: int | None = None, max_delay_ms: float = 5.0,
                  max_queue: int = 256, timeout_ms: float | None = None) -> None:
         limit = pipeline.max_batch
         max_batch = min(pipeline.spec.profile.opt, limit) if max_batch is None else max_batch
-        if not isinstance(max_batch, int) or not 1 <= max_batch <= limit:
-            raise UsageError(f"max_batch must be an integer from 1 to the pipeline's max batch {limit}, "
-                             f"got {max_batch!r}")
-        if not max_delay_ms >= 0:
-            raise UsageError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
-        if not isinstance(max_queue, int) or max_queue < 1:
-            raise UsageError(f"max_queue must be an integer >= 1, got {max_queue!r}")
-        _check_timeout(timeout_ms)
+        batch_problem = number_problem("max_batch", max_batch, 1, limit, integer=True)
+        check_numbers("DynamicBatcher", [
+            batch_problem,
+            number_problem("max_delay_ms", max_delay_ms, 0, MAX_DELAY_MS, unit=" ms"),
+            number_problem("max_queue", max_queue, 1, MAX_QUEUE, integer=True),
+            _timeout_problem(timeout_ms)],
+            hint=f"max_batch is at most the pipeline's max batch {limit}" if batch_problem else None)
         inactive = [r.name for r in pipeline.runners if not r.is_active]
         if inactive:
             raise UsageError(f"the pipeline's runner(s) {inactive} are not active",
@@ -82,6 +93,7 @@ class DynamicBatcher:
         self._sizes: Counter[int] = Counter()
         self._waits: deque[float] = deque(maxlen=WAIT_SAMPLES)
         self._counts = Counter[str]()
+        self._unhealthy: EngineUnhealthyError | None = None
         self._thread = threading.Thread(target=self._serve, name="batchforge-batcher", daemon=True)
         self._thread.start()
         self._reaper = threading.Thread(target=self._expire, name="batchforge-batcher-timeouts", daemon=True)
@@ -92,13 +104,15 @@ class DynamicBatcher:
         """Queues one item (e.g. an RGB uint8 image); safe from any number of threads.
 
         Returns:
-            A Future of the item's Result: an ErrorRecord when its batch could not allocate even
-            one item or its output is not finite; the exception InputValidationError for a bad
-            item and TimeoutError when it waited longer than its timeout.
+            A Future of the item's Result: an ErrorRecord when it could not allocate even alone,
+            the engine refuses it alone (its batch-mates still run) or its output is not finite;
+            the exception InputValidationError for a bad item, TimeoutError when it waited longer
+            than its timeout, EngineUnhealthyError when the engine failed for good meanwhile.
         Raises:
-            QueueFullError when ``max_queue`` requests are waiting; BatcherClosedError after close().
+            QueueFullError when ``max_queue`` requests are waiting; BatcherClosedError after close();
+            EngineUnhealthyError once the engine is unhealthy; ConfigError for a bad ``timeout_ms``.
         """
-        _check_timeout(timeout_ms)
+        check_numbers("DynamicBatcher.submit", [_timeout_problem(timeout_ms)])
         name = source if source is not None else f"request{next(self._names)}"
         self._check_room()
         future: Future[Result] = Future()
@@ -118,6 +132,9 @@ class DynamicBatcher:
 
     def _check_room(self) -> None:
         with self._cond:
+            if self._unhealthy is not None:
+                self._counts["rejected"] += 1  # a new exception each time: re-raising one grows its traceback
+                raise EngineUnhealthyError(self._unhealthy.message, hint=self._unhealthy.hint)
             if self._closed:
                 raise BatcherClosedError("the batcher is closed; submit() needs an open one",
                                          hint="create a new DynamicBatcher")
@@ -127,7 +144,13 @@ class DynamicBatcher:
                                      hint="retry later, or raise max_queue")
 
     def close(self, timeout: float | None = None) -> None:
-        """Stops taking requests, runs every queued one, and stops the thread (idempotent)."""
+        """Stops taking requests, runs every queued one, and stops the thread (idempotent).
+
+        Args:
+            timeout: seconds to wait for each thread (None: until done).
+        """
+        check_numbers("DynamicBatcher.close", [
+            None if timeout is None else number_problem("timeout", timeout, 0, MAX_TIMEOUT_MS / 1000, unit=" s")])
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -140,8 +163,16 @@ class DynamicBatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def health(self) -> str | None:
+        """None while the engine is healthy; else why the batcher refuses work (a sticky engine error)."""
+        with self._cond:
+            return None if self._unhealthy is None else self._unhealthy.one_line()
+
     def stats(self) -> dict[str, Any]:
-        """Requests served, the batch-size histogram, queue-wait p50/p99 (ms), timeouts, rejections."""
+        """Requests served, the batch-size histogram, queue-wait p50/p99 (ms), timeouts, rejections,
+        and ``health`` (None, or why the batcher refuses work)."""
+        health = self.health
         with self._cond:
             waits = np.asarray(self._waits, dtype=np.float64) * 1000
             sizes = dict(sorted(self._sizes.items()))
@@ -158,6 +189,7 @@ class DynamicBatcher:
             "timeouts": counts.get("timeouts", 0),
             "rejected": counts.get("rejected", 0),
             "queued": queued,
+            "health": health,
         }
 
     # the batcher's thread --------------------------------------------------------------
@@ -226,6 +258,9 @@ class DynamicBatcher:
             self._waits.extend(now - r.enqueued for r in live)
         try:
             results = self.pipeline.run_guarded([r.prepared for r in live])
+        except EngineUnhealthyError as exc:  # sticky: this batch, the queue and later submits fail
+            self._become_unhealthy(exc, live)
+            return
         except BaseException as exc:  # the batch's callers get it; the batcher keeps serving
             for request in live:
                 request.future.set_exception(exc)
@@ -234,11 +269,24 @@ class DynamicBatcher:
             request.future.set_result(result)
         self._count("served", len(live))
 
+    def _become_unhealthy(self, exc: EngineUnhealthyError, live: list[_Request]) -> None:
+        with self._cond:
+            self._unhealthy = exc
+            queued, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for request in live:
+            request.future.set_exception(exc)
+        for request in queued:  # outside the lock: a future's callbacks run here
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(exc)
+
     def _count(self, what: str, n: int = 1) -> None:
         with self._cond:
             self._counts[what] += n
 
 
-def _check_timeout(timeout_ms: float | None) -> None:
-    if timeout_ms is not None and not timeout_ms > 0:
-        raise UsageError(f"timeout_ms must be > 0 (or None for no timeout), got {timeout_ms!r}")
+def _timeout_problem(timeout_ms: float | None) -> str | None:
+    if timeout_ms is None:
+        return None
+    problem = number_problem("timeout_ms", timeout_ms, 0, MAX_TIMEOUT_MS, above_low=True, unit=" ms")
+    return None if problem is None else problem + " (None: no timeout)"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from batchforge.errors import InputValidationError, UsageError
+from batchforge.errors import EngineUnhealthyError, InputValidationError, UsageError
 from batchforge.lock import default_lock, drift, read_lock
 from batchforge.progress import progress
 from batchforge.runtime import environment
@@ -121,18 +121,26 @@ def cmd_run(args: argparse.Namespace, executor: Executor | None = None) -> int:
     else:  # the executor's workers load the pipeline; this one only listed the inputs
         results = executor(pipeline, sources, {"model": args.model, "backend": args.backend, **load_kwargs})
         context = contextlib.nullcontext()
-    errors = 0
+    errors, done = 0, 0
     start = time.perf_counter()
     # closing the stream stops the pipeline's threads at once when the run is interrupted
     stream: Any = contextlib.closing(results) if hasattr(results, "close") else contextlib.nullcontext()
-    with terminate_as_interrupt(), context, stream, JsonlWriter(args.output) as writer:
-        for result in progress(results, desc=args.model, total=len(sources)):
-            record = writer.write(result)  # what was written (a non-finite result becomes an error record)
-            if overlays is not None and isinstance(result, Result) and record.get("ok") is not False:
-                overlays.write(result)
-            if record.get("ok") is False:
-                errors += 1
-                print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
+    try:
+        with terminate_as_interrupt(), context, stream, JsonlWriter(args.output) as writer:
+            for result in progress(results, desc=args.model, total=len(sources)):
+                record = writer.write(result)  # what was written (a non-finite result becomes an error record)
+                done += 1
+                if overlays is not None and isinstance(result, Result) and record.get("ok") is not False:
+                    overlays.write(result)
+                if record.get("ok") is False:
+                    errors += 1
+                    print(f"  skipped {record['source']}: {record['error']['message']}", file=sys.stderr)
+    except EngineUnhealthyError as exc:  # sticky: the writer has removed its partial file
+        kept = f"; the {overlays.written} overlay(s) already in {args.overlays} are complete and kept" \
+            if overlays is not None and overlays.written else ""
+        raise EngineUnhealthyError(f"{exc.message}; the run stopped after {done} of {len(sources)} inputs "
+                                   f"and wrote nothing to {args.output}{kept}",
+                                   hint="check the device with `batchforge doctor`, then run again") from None
     seconds = time.perf_counter() - start
     print(f"{args.model}: {len(sources) - errors}/{len(sources)} inputs processed, {errors} error "
           f"record(s), {len(sources) / seconds:.1f} items/s on {backend if executor is None else 'ray'} "

@@ -150,3 +150,33 @@ def to_jsonable(instance: Any) -> dict[str, Any]:
             value = value.value
         out[f.name] = value
     return out
+
+
+def number_problem(name: str, value: Any, low: float, high: float, *, integer: bool = False,
+                   above_low: bool = False, unit: str = "") -> str | None:
+    """The problem with one numeric argument of the public API, or None when it is fine.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what the caller gave; bools and non-finite numbers (inf, NaN) never pass.
+        low, high: the accepted range, ``high`` included; ``low`` too unless ``above_low``.
+        integer: only ints pass.
+        unit: appended to the range in the message (" ms").
+    """
+    kind = "an integer" if integer else "a finite number"
+    bound = f"above {_plain(low)} and at most" if above_low else f"from {_plain(low)} to"
+    ok = isinstance(value, int) if integer else _is_number(value) and math.isfinite(value)
+    if ok and not isinstance(value, bool) and (low < value if above_low else low <= value) and value <= high:
+        return None
+    return f"{name}: expected {kind} {bound} {_plain(high)}{unit}, got {_describe(value)}"
+
+
+def _plain(number: float) -> str:
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
+
+
+def check_numbers(owner: str, problems: list[str | None], hint: str | None = None) -> None:
+    """Raises one ConfigError naming every problem ``number_problem`` found (None: fine)."""
+    found = [p for p in problems if p is not None]
+    if found:
+        raise ConfigError(f"invalid {owner} argument{'s' if len(found) > 1 else ''}", problems=found, hint=hint)

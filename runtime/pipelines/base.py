@@ -11,7 +11,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from batchforge.errors import AllocationError, BatchforgeError, InputValidationError
+from batchforge.errors import (
+    AllocationError,
+    BatchforgeError,
+    EngineUnhealthyError,
+    InferenceError,
+    InputValidationError,
+)
 from batchforge.runtime.batching import BatchBuffers, chunk_slices, infer_in_chunks, stack_feeds
 from batchforge.runtime.guards import is_allocation_failure, nonfinite_outputs, nonfinite_record, take_items
 from batchforge.runtime.images import (
@@ -27,6 +33,11 @@ from batchforge.runtime.profiling import StageProfile
 from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec, parse_options
+from batchforge.runtime.typed_options import check_numbers, number_problem
+
+MAX_RUN_BATCH = 65_536  # items per run_sources batch: far above any profile, below a memory blow-up
+MAX_WORKERS = 256  # prepare threads; more only contend for the GIL
+MAX_PIXELS_LIMIT = 10**12  # the decode guard's ceiling: a terapixel is no image anyone decodes
 
 
 @contextlib.contextmanager
@@ -59,6 +70,7 @@ class Inferred:
     items: tuple[Prepared, ...]
     outputs: dict[str, np.ndarray] | None
     error: str | None = None
+    error_type: str = AllocationError.__name__
 
 
 def image_feed(image: np.ndarray, spec: ModelSpec) -> tuple[dict[str, np.ndarray], Any]:
@@ -83,6 +95,8 @@ class Pipeline(abc.ABC):
 
     def __init__(self, spec: ModelSpec, runner: Runner, options: Any = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        check_numbers(type(self).__name__,
+                      [number_problem("max_pixels", max_pixels, 1, MAX_PIXELS_LIMIT, integer=True)])
         self.spec = spec
         self.runner = runner
         self.options = options if options is not None else parse_options(
@@ -92,6 +106,7 @@ class Pipeline(abc.ABC):
         self.batch_limit: int | None = None  # caps inference batches below the profile max
         self.allocation_limit: int | None = None  # set when a batch failed to allocate (back-off)
         self.stage_profile: StageProfile | None = None  # of the last run_sources (not the batch ProfileRange)
+        self.known_good: Prepared | None = None  # the last item that ran: failure isolation's probe
 
     # lifecycle -------------------------------------------------------------------------
     @property
@@ -106,6 +121,16 @@ class Pipeline(abc.ABC):
     def deactivate(self) -> None:
         for runner in self.runners:
             runner.deactivate()
+
+    @property
+    def health(self) -> str | None:
+        """None while the engine is healthy; else why it is not (see ``infer_guarded``)."""
+        return next((r.unhealthy for r in self.runners if r.unhealthy is not None), None)
+
+    def check_healthy(self) -> None:
+        """Raises EngineUnhealthyError when a runner was marked unhealthy."""
+        for runner in self.runners:
+            runner.check_healthy()
 
     def __enter__(self) -> Pipeline:
         return self.activate()
@@ -172,12 +197,24 @@ class Pipeline(abc.ABC):
         return self.postprocess(self.infer(self.batch_feed(items)), items)
 
     def infer_guarded(self, items: Sequence[Prepared], buffers: BatchBuffers | None = None) -> list[Inferred]:
-        """Infers items in batches; a batch that fails to allocate is halved and retried down to
-        one item, which then gets an error. Once a size has worked, the rest of the batch and
-        later batches go at that size (``allocation_limit``), so the failing size is not tried
-        again, and one item too large even alone does not shrink the others. Any other error raises."""
+        """Infers items in batches, isolating the failures.
+
+        Allocation: a batch that fails to allocate is halved and retried down to one item, which
+        then gets an error. Once a size has worked, the rest of the batch and later batches go at
+        that size (``allocation_limit``), so the failing size is not tried again, and one item too
+        large even alone does not shrink the others.
+
+        Any other engine error: the batch is run again item by item. An item that fails alone is
+        its own (an InferenceError record) when anything else still runs: one of its batch-mates,
+        or else a probe of one item (the last item that ran on this pipeline, or before any has,
+        the failing item's feed with every value zero). When nothing runs, the probe included,
+        the error is the engine's (sticky): the runners are marked unhealthy (``health``) and
+        EngineUnhealthyError raises, now and on every later call until the pipeline is activated
+        again.
+        """
         if not items:
             return []
+        self.check_healthy()
         limit = self.allocation_limit or len(items)
         worked: list[int] = []
         chunks = [chunk for part in chunk_slices(len(items), limit)
@@ -194,25 +231,65 @@ class Pipeline(abc.ABC):
                     for chunk in self._infer_halving(items[part], buffers, worked)]
         try:
             outputs = self.infer(self.batch_feed(items, buffers))
+        except EngineUnhealthyError:
+            raise
         except Exception as exc:
             if not is_allocation_failure(exc):
-                raise
+                return self._isolated(items, buffers, exc)
             if len(items) == 1:
-                detail = (str(exc).strip().splitlines() or [""])[0][:200]
-                return [Inferred(tuple(items), None, f"inference could not allocate memory even at batch "
-                                                     f"size 1 ({type(exc).__name__}: {detail})")]
+                return [_unallocated(items[0], exc)]
             half = (len(items) + 1) // 2
             first = self._infer_halving(items[:half], buffers, worked)
             return first + self._infer_halving(items[half:], buffers, worked)
         worked.append(len(items))
+        self.known_good = items[0]
         return [Inferred(tuple(items), outputs)]
+
+    def _isolated(self, items: Sequence[Prepared], buffers: BatchBuffers | None,
+                  batch_error: Exception) -> list[Inferred]:
+        """Each item of a batch that failed with ``batch_error`` run alone (see ``infer_guarded``)."""
+        chunks = []
+        for item in items:
+            outputs, error = (None, batch_error) if len(items) == 1 else self._attempt(self.batch_feed([item], buffers))
+            if error is None:
+                self.known_good = item
+                chunks.append(Inferred((item,), outputs))
+            elif is_allocation_failure(error):
+                chunks.append(_unallocated(item, error))
+            else:
+                chunks.append(Inferred((item,), None, f"the engine could not run this input even alone "
+                                       f"({_describe(error)}); check its values against what the model "
+                                       "accepts (e.g. index ranges); the other inputs are not affected",
+                                       InferenceError.__name__))
+        if all(chunk.outputs is None for chunk in chunks):
+            probe = self.known_good
+            feed = self.batch_feed([probe]) if probe is not None else {
+                k: np.zeros_like(v) for k, v in self.batch_feed([items[0]]).items()}
+            _, probe_error = self._attempt(feed)
+            if probe_error is not None:
+                what = f"the last input that ran ({probe.source})" if probe is not None else "an all-zero input"
+                for runner in self.runners:
+                    runner.mark_unhealthy(f"{len(items)} input(s) failed alone and {what} fails too "
+                                          f"({_describe(probe_error)})")
+                self.check_healthy()
+        return chunks
+
+    def _attempt(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, Exception | None]:
+        """(outputs, None) when ``feed`` runs, else (None, its error); an unhealthy runner raises."""
+        try:
+            return self.infer(feed), None
+        except EngineUnhealthyError:
+            raise
+        except Exception as exc:
+            return None, exc
 
     def postprocess_guarded(self, inferred: Inferred) -> list[Result]:
         """Results of one inferred batch in order: an error record for each item that failed to
-        allocate or has a non-finite output (naming it), ``postprocess`` for the others."""
+        allocate, that the engine refused alone, or that has a non-finite output (naming it),
+        ``postprocess`` for the others."""
         items = inferred.items
         if inferred.outputs is None:
-            return [ErrorRecord(p.source, AllocationError.__name__, f"{p.source}: {inferred.error}") for p in items]
+            return [ErrorRecord(p.source, inferred.error_type, f"{p.source}: {inferred.error}") for p in items]
         rows = self.rows_per_item(items)
         bad = nonfinite_outputs(inferred.outputs, rows)
         keep = [i for i, names in enumerate(bad) if not names]
@@ -229,15 +306,17 @@ class Pipeline(abc.ABC):
     def __call__(self, items: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> list[Result]:
         """Runs decoded items (e.g. RGB uint8 images); one result per item, order kept.
 
-        Raises InputValidationError on the first bad item; use ``run_sources`` for per-item
-        error records.
+        Inference is guarded as in ``run_sources``: an item whose output is not finite, that
+        cannot allocate even alone, or that the engine refuses alone gets an ErrorRecord.
+        Raises InputValidationError on the first bad item (use ``run_sources`` for per-item
+        records of unreadable inputs) and EngineUnhealthyError on a sticky engine error.
         """
         if sources is not None and len(sources) != len(items):
             raise InputValidationError(
                 f"got {len(items)} items but {len(sources)} source names"
             )
         names = list(sources) if sources is not None else [str(i) for i in range(len(items))]
-        return self.run_prepared([self.prepare(x, s) for x, s in zip(items, names)])
+        return self.run_guarded([self.prepare(x, s) for x, s in zip(items, names)])
 
     def run_sources(self, sources: Iterable[str | Path], batch_size: int | None = None, *,
                     workers: int | None = None) -> Iterator[Result]:
@@ -250,12 +329,11 @@ class Pipeline(abc.ABC):
             workers: threads that read, decode and preprocess ahead of inference (0: all on the
                 calling thread; default: ``default_workers()``). Results are the same for any value.
         """
-        size = batch_size or self.spec.profile.opt
-        if size < 1:
-            raise InputValidationError(f"batch size must be >= 1, got {size}")
+        check_numbers("run_sources", [
+            None if batch_size is None else number_problem("batch_size", batch_size, 1, MAX_RUN_BATCH, integer=True),
+            None if workers is None else number_problem("workers", workers, 0, MAX_WORKERS, integer=True)])
+        size = self.spec.profile.opt if batch_size is None else batch_size
         workers = default_workers() if workers is None else workers
-        if workers < 0:
-            raise InputValidationError(f"workers must be >= 0, got {workers}")
         self.stage_profile = StageProfile(workers)
         yield from run_overlapped(self, [str(s) for s in sources], size, workers, self.stage_profile)
 
@@ -280,3 +358,13 @@ class Pipeline(abc.ABC):
                     return self.prepare(item, source)
         except BatchforgeError as exc:
             return ErrorRecord(source, type(exc).__name__, exc.one_line())
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line`` of an engine's error, short enough for one record."""
+    detail = (str(exc).strip().splitlines() or [""])[0].strip()
+    return f"{type(exc).__name__}: {detail[:300]}" if detail else type(exc).__name__
+
+
+def _unallocated(item: Prepared, exc: BaseException) -> Inferred:
+    return Inferred((item,), None, f"inference could not allocate memory even at batch size 1 ({_describe(exc)})")

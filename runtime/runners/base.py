@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from batchforge.errors import BatchforgeError
+from batchforge.errors import BatchforgeError, EngineUnhealthyError
 from batchforge.runtime.spec import ProfileRange
 from batchforge.runtime.validation import IOMeta, validate_feed
 
@@ -22,6 +22,10 @@ class Runner(abc.ABC):
     shares one session (``InferenceSession.run`` is thread-safe); TensorRT lends each call an
     execution context (with its stream and buffers) from a bounded pool. ``activate`` and
     ``deactivate`` are not: call them from one thread, outside concurrent ``infer`` calls.
+
+    Health: ``mark_unhealthy(reason)`` (the pipeline's failure isolation calls it on a sticky
+    engine error) makes every later ``infer`` raise EngineUnhealthyError at once; ``deactivate``
+    clears it, so a fresh ``activate`` starts healthy.
     """
 
     backend = "abstract"
@@ -32,6 +36,7 @@ class Runner(abc.ABC):
         # named dims with ranges (P-Net's height/width): set from the spec by open_runner
         self.dim_ranges: dict[str, dict[int, tuple[str, ProfileRange]]] = {}
         self.is_active = False
+        self.unhealthy: str | None = None  # why the engine is unusable (None: healthy)
         self._input_meta: dict[str, IOMeta] | None = None
 
     def activate(self) -> Runner:
@@ -47,6 +52,18 @@ class Runner(abc.ABC):
             self.deactivate_impl()
             self.is_active = False
             self._input_meta = None
+        self.unhealthy = None
+
+    def mark_unhealthy(self, reason: str) -> None:
+        """Refuses every later ``infer`` with EngineUnhealthyError naming ``reason`` (until deactivated)."""
+        self.unhealthy = reason
+
+    def check_healthy(self) -> None:
+        """Raises EngineUnhealthyError when the runner was marked unhealthy."""
+        if self.unhealthy is not None:
+            raise EngineUnhealthyError(f"runner {self.name!r} is unhealthy: {self.unhealthy}",
+                                       hint="re-create the pipeline (or deactivate and activate it); "
+                                            "check the device with `batchforge doctor`")
 
     def __enter__(self) -> Runner:
         return self.activate()
@@ -74,9 +91,11 @@ class Runner(abc.ABC):
         Returns:
             Output name -> array.
         Raises:
-            InputValidationError for a feed that does not match the model.
+            InputValidationError for a feed that does not match the model; EngineUnhealthyError
+            once the runner was marked unhealthy.
         """
         self._require_active("infer")
+        self.check_healthy()
         validate_feed(feed, self.input_metadata(), self.profile, self.dim_ranges)
         return self.infer_impl(dict(feed))
 

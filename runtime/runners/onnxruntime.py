@@ -14,6 +14,7 @@ from batchforge.errors import ArtifactError, BackendUnavailableError, Batchforge
 from batchforge.onnx_external import check_no_external_data, checked_external_files
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ProfileRange
+from batchforge.runtime.typed_options import check_numbers, number_problem
 from batchforge.runtime.validation import IOMeta
 
 ORT_TYPES = {
@@ -28,6 +29,7 @@ ORT_TYPES = {
 }
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+MAX_THREADS = 1024  # per pool; 0 lets ONNX Runtime choose
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class OrtOptions:
     disabled_optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_numbers("OrtOptions", [number_problem(name, getattr(self, name), 0, MAX_THREADS, integer=True)
+                                     for name in ("intra_op_threads", "inter_op_threads")])
         if self.graph_optimization not in GRAPH_LEVELS:
             raise BatchforgeError(
                 f"graph_optimization must be one of {GRAPH_LEVELS}, got {self.graph_optimization!r}"
@@ -130,6 +134,7 @@ class OnnxRuntimeRunner(Runner):
         self.model = model if isinstance(model, bytes) else str(model)
         self.options = options or OrtOptions()
         self.session: Any = None
+        self._run_options: Any = None
         self._outputs: tuple[str, ...] = ()
 
     def activate_impl(self) -> None:
@@ -156,6 +161,10 @@ class OnnxRuntimeRunner(Runner):
                 hint="check the file with `batchforge inspect`, or re-create it with the command that made it",
             ) from None
         self._outputs = tuple(o.name for o in self.session.get_outputs())
+        # a failed run raises (and becomes that input's record or the engine's one line); ORT's
+        # own ERROR log of it would print the same message again, in colour, on the user's stderr
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -178,7 +187,7 @@ class OnnxRuntimeRunner(Runner):
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
-        values = self.session.run(list(self._outputs), feed)
+        values = self.session.run(list(self._outputs), feed, self._run_options)
         return dict(zip(self._outputs, values))
 
     def deactivate_impl(self) -> None:

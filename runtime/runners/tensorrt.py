@@ -34,6 +34,7 @@ from batchforge.runtime.manifest import EngineEnvironment, EngineManifest, check
 from batchforge.runtime.runners import cuda_util
 from batchforge.runtime.runners.base import Runner
 from batchforge.runtime.spec import ModelSpec
+from batchforge.runtime.typed_options import check_numbers, number_problem
 from batchforge.runtime.validation import IOMeta
 
 
@@ -50,6 +51,8 @@ def import_tensorrt() -> Any:
 
 LOG = logging.getLogger("batchforge.tensorrt")
 DEFAULT_MAX_CONTEXTS = 2
+MAX_CONTEXTS = 256  # each context holds its own activation memory on the GPU
+MAX_DEVICE = 1023  # CUDA device ordinals
 
 
 def make_logger(trt: Any, log: logging.Logger = LOG) -> Any:
@@ -140,8 +143,8 @@ class TensorRTRunner(Runner):
         self._inputs: tuple[str, ...] = ()
         self._outputs: tuple[str, ...] = ()
         self._dtypes: dict[str, np.dtype] = {}
-        if not isinstance(max_contexts, int) or max_contexts < 1:
-            raise ConfigError(f"max_contexts must be an integer >= 1, got {max_contexts!r}")
+        check_numbers("TensorRTRunner", [number_problem("max_contexts", max_contexts, 1, MAX_CONTEXTS, integer=True),
+                                         number_problem("device", device, 0, MAX_DEVICE, integer=True)])
         self.max_contexts = max_contexts
         self._logger: Any = None
         self._local = threading.local()  # only remembers that this thread has set the device

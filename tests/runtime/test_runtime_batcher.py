@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import random_images, tiny_embedder_onnx, tiny_spec, write_artifact
 
-from batchforge.errors import BatcherClosedError, InputValidationError, QueueFullError, UsageError
+from batchforge.errors import BatcherClosedError, ConfigError, InputValidationError, QueueFullError
 from batchforge.runtime import DynamicBatcher, load_pipeline
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
@@ -99,9 +99,9 @@ def test_a_bad_item_fails_its_future_only(pipeline):
 
 
 def test_settings_are_checked(pipeline):
-    with pytest.raises(UsageError, match="max_batch must be an integer from 1 to the pipeline's max batch 8"):
+    with pytest.raises(ConfigError, match="max_batch: expected an integer from 1 to 8, got int 9"):
         DynamicBatcher(pipeline, max_batch=9)
-    with pytest.raises(UsageError, match="max_queue"):
+    with pytest.raises(ConfigError, match="max_queue"):
         DynamicBatcher(pipeline, max_queue=0)
 
 

@@ -367,7 +367,7 @@ def test_threads_share_a_bounded_pool_of_contexts(artifacts, emulated, max_conte
 
 def test_max_contexts_must_be_positive(artifacts):
     _manifest(artifacts)
-    with pytest.raises(ConfigError, match="max_contexts must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match="max_contexts: expected an integer from 1 to 256, got int 0"):
         TensorRTRunner.from_artifacts(artifacts, FP32, max_contexts=0)
 
 
