@@ -33,9 +33,10 @@ from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelCont
 from batchforge.runtime.pipelines.anomaly import AnomalyResult, DefectRegion, regions_to_image
 from batchforge.runtime.post.anomaly import AnomalyOptions, find_defects
 from batchforge.runtime.preprocess import Geometry
-from batchforge.runtime.results import Result
+from batchforge.runtime.results import ErrorRecord, Result
 from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.runtime.tiling import blend_tiles, blend_weights, cut_tiles, tile_grid
+from batchforge.tolerances import at_most
 
 DEFAULT_EVAL = 32
 TILED_IMAGES = 2
@@ -132,6 +133,11 @@ class AnomalyParity(FamilyParity):
         pre = ref_spec.preprocess
         images = [s.image for s in labelled_set(TILED_IMAGES, SEED_EVAL + 1, size=LARGE_SIZE)]
         results: list[AnomalyResult] = ctx.engine.pipeline(images)  # type: ignore[assignment]
+        failed = [r for r in results if isinstance(r, ErrorRecord)]  # pipeline(images) guards each item
+        if failed:
+            return [Check("tiled_items_failed", float(len(failed)),
+                          at_most(0.0, "every tiled image must give a result"),
+                          f"{len(failed)} of {len(images)}: {failed[0].error_type}: {failed[0].message}")]
         runner = TorchRunner(ctx.session.module(ctx.name), ref_spec)
         weights = blend_weights(pre.height, pre.width, options.tiling.overlap_px, options.tiling.blend)
         worst, ious = 0.0, []
