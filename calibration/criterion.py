@@ -62,6 +62,7 @@ class Verdict:
     checks: tuple[Measured, ...]
     min_cosine: float
     mean_cosine: float
+    item_cosines: tuple[float, ...] = ()  # per item, the lowest cosine over the outputs
 
     @property
     def passed(self) -> bool:
@@ -124,6 +125,8 @@ class GateCriterion:
         """``reference``/``candidate``: per batch, the outputs in ``names`` order."""
         per_item = [c for want, got in zip(reference, candidate) for a, b in zip(want, got)
                     for c in rowwise_cosine(a, b)]
+        worst_output = [float(c) for want, got in zip(reference, candidate)
+                        for c in np.min([rowwise_cosine(a, b) for a, b in zip(want, got)], axis=0)]
         checks: list[Measured] = []
         for position, name in enumerate(names):
             limits = self.limits.get(name)
@@ -149,7 +152,7 @@ class GateCriterion:
                                                limits["topk_overlap"]))
         mean = float(np.mean(per_item))
         checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
-        return Verdict(tuple(checks), float(np.min(per_item)), mean)
+        return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(worst_output))
 
 
 def fewest_passing(count: int, passes: Callable[[int], bool]) -> int | None:

@@ -1,12 +1,14 @@
-"""INT8: static Q/DQ quantization (onnxruntime.quantization) with a measured sensitivity pass.
+"""INT8: static Q/DQ quantization (onnxruntime.quantization) aimed at the parity gate.
 
-The model is calibrated once (ranges cached for the run) and fully quantized. If its outputs miss
-the target agreement with the FP32 graph, every quantized node is ranked by what its quantization
-alone does to the model's outputs: the FP32 graph with just that node's Q/DQ inputs spliced in
-(the same scales and int8 weights), scored as 1 - mean output cosine on a few items. Nodes are
-then excluded greedily in that order, re-quantizing with the cached ranges and measuring the
-output agreement after each step; the smallest exclusion that reaches the target (or the best one
-measured) is kept, and every step is recorded.
+The model is calibrated once per range method (ranges cached for the run) and fully quantized;
+each candidate (method x weight granularity, in the order given) is judged by the gate's own
+checks for the model's family on the calibration items (calibration/criterion.py) until one
+passes. If the winner fails, every quantized node is ranked by what its quantization alone does
+to the model's outputs: the FP32 graph with just that node's Q/DQ inputs spliced in (the same
+scales and int8 weights), scored as 1 - mean output cosine on the all-int8 candidate's two worst
+items. The fewest nodes of that ranking kept FP32 that make every check pass are searched by
+doubling and bisection, re-quantizing with the cached ranges; when none does, the candidate
+closest to passing is kept. Every step is recorded.
 
 Ranking by the output effect replaced ranking by the error a node adds at its own output: that
 local error says nothing about how much of it survives to the outputs. Measured on
@@ -20,6 +22,7 @@ Q/DQ settings target TensorRT's explicit quantization: symmetric int8 activation
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import logging
@@ -45,7 +48,7 @@ from batchforge.progress import progress
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "entropy", "percentile")
 WEIGHTS = {"per-channel": (True,), "per-tensor": (False,), "both": (True, False)}  # -> per_channel tried
-SENSITIVITY_ITEMS = 2  # items (one batch) scored per single-node-quantized model
+SENSITIVITY_ITEMS = 2  # items (one batch) scored per single-node-quantized model: the worst two
 EVAL_ITEMS = 16  # items used to measure output agreement after each exclusion step
 # Entropy (KL) histograms: TensorRT's 2048 bins searched for the threshold whose 128-level
 # quantization loses least. quantize_static's own entropy default is 128 bins for 128 levels,
@@ -416,7 +419,10 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         verdicts[0] = verdict0
         steps.append({"excluded": 0, **verdict0.as_dict()})
         needed = options.max_excluded > 0 and not verdict0.passed
-        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", data) if needed else []
+        # the sensitivity items are the all-int8 candidate's worst: the gate judges the worst item
+        focus_items = sorted(int(i) for i in np.argsort(verdict0.item_cosines, kind="stable")[:SENSITIVITY_ITEMS])
+        focus = dataclasses.replace(data, feeds=tuple(data.feeds[i] for i in focus_items))
+        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", focus) if needed else []
         candidates = [s for s in ranking if s.output_drop > 0][: options.max_excluded]
         chosen = fewest_passing(len(candidates), lambda k: attempt(k).passed) if needed else 0
         if chosen is None:  # none passes: the best measured (closest to the gate, then fewer nodes)
@@ -436,7 +442,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
             from batchforge.calibration.int8_cpu import write_cpu_form
 
             def rank(cpu_form: Path) -> list[str]:  # the TensorRT form's ranking, else the CPU form's own
-                found = ranking or node_sensitivity(reference, cpu_form, data)
+                found = ranking or node_sensitivity(reference, cpu_form, focus)
                 return [s.node for s in found if s.output_drop > 0]
 
             cpu = write_cpu_form(
@@ -462,6 +468,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         "user_excluded": list(options.user_excluded),
         "excluded_by_sensitivity": [s.as_dict() for s in candidates[:chosen]],
         "sensitivity_top": [s.as_dict() for s in ranking[:10]],  # empty: all-int8 already passed
+        "sensitivity_items": focus_items,  # calibration item indices: the all-int8 candidate's worst
         "steps": steps,
         "effect": {"full_int8_min_cosine": verdict0.as_dict()["min_cosine"], "final_min_cosine": final["min_cosine"],
                    "final_mean_cosine": final["mean_cosine"], "passes_gate_checks": final["passes_gate_checks"],
