@@ -62,7 +62,12 @@ class Verdict:
     checks: tuple[Measured, ...]
     min_cosine: float
     mean_cosine: float
-    item_cosines: tuple[float, ...] = ()  # per item, the lowest cosine over the outputs
+    item_badness: tuple[float, ...] = ()  # per item, its worst share of a limit's room (see judge)
+
+    @property
+    def worst_margin(self) -> float:
+        """The smallest margin of any check (1.0 for a perfect candidate, < 0 failed)."""
+        return min((c.margin for c in self.checks), default=1.0)
 
     @property
     def passed(self) -> bool:
@@ -125,8 +130,10 @@ class GateCriterion:
         """``reference``/``candidate``: per batch, the outputs in ``names`` order."""
         per_item = [c for want, got in zip(reference, candidate) for a, b in zip(want, got)
                     for c in rowwise_cosine(a, b)]
-        worst_output = [float(c) for want, got in zip(reference, candidate)
-                        for c in np.min([rowwise_cosine(a, b) for a, b in zip(want, got)], axis=0)]
+        # per item, how far it goes toward the limits: its cosine deficit and its largest error (as
+        # a share of the output's largest |value|, as raw_max_rel) over the limit's room; the
+        # worst output counts. Without limits: 1 - its lowest cosine.
+        badness = np.zeros(sum(len(batch[0]) for batch in reference)) if reference else np.zeros(0)
         checks: list[Measured] = []
         for position, name in enumerate(names):
             limits = self.limits.get(name)
@@ -136,6 +143,13 @@ class GateCriterion:
             got = np.concatenate([batch[position] for batch in candidate])
             max_abs, max_rel, cosine = compare_arrays(ref, got)
             checks.append(Measured(f"raw_cosine[{name}]", cosine, limits["raw_cosine"]))
+            row = limits.get(self.row_limit) if name in self.row_outputs else None
+            room = 1.0 - (row or limits["raw_cosine"]).value
+            badness = np.maximum(badness, (1.0 - rowwise_cosine(ref, got)) / (room if room > 0 else 1.0))
+            if "raw_max_rel" in limits and ref.size:
+                scale = float(np.max(np.abs(ref))) or 1.0
+                item_err = np.abs(ref.astype(np.float64) - got).reshape(len(ref), -1).max(axis=1) / scale
+                badness = np.maximum(badness, item_err / (limits["raw_max_rel"].value or 1.0))
             if "raw_max_rel" in limits:
                 checks.append(Measured(f"raw_max_rel[{name}]", max_rel, limits["raw_max_rel"]))
             if name in self.row_outputs and self.row_limit in limits and ref.size // max(len(ref), 1) > 1:
@@ -150,9 +164,13 @@ class GateCriterion:
                     if scores.overlap is not None:
                         checks.append(Measured(f"top{self.score_outputs[name]}_overlap[{name}]", scores.overlap,
                                                limits["topk_overlap"]))
+        if not any(self.limits.get(name) for name in names):
+            badness = 1.0 - np.min([np.concatenate([rowwise_cosine(a, b) for a, b in zip(
+                [batch[p] for batch in reference], [batch[p] for batch in candidate])]) for p in range(len(names))],
+                axis=0)
         mean = float(np.mean(per_item))
         checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
-        return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(worst_output))
+        return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(float(b) for b in badness))
 
 
 def fewest_passing(count: int, passes: Callable[[int], bool]) -> int | None:

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,14 +100,22 @@ class Int8Options:
 
 @dataclass(frozen=True)
 class NodeSensitivity:
-    """``output_drop``: 1 - mean output cosine against FP32 with only this node quantized."""
+    """With only this node quantized: ``output_drop`` = 1 - mean output cosine against FP32;
+    ``gate_drop`` = 1 - the gate criterion's worst margin (how far the node alone pushes the
+    check closest to its limit; 0 when not scored by a criterion)."""
 
     node: str
     op_type: str
     output_drop: float
+    gate_drop: float = 0.0
+
+    @property
+    def hurts(self) -> bool:
+        return self.output_drop > 0 or self.gate_drop > 1e-9
 
     def as_dict(self) -> dict[str, object]:
-        return {"node": self.node, "op_type": self.op_type, "output_drop": round(self.output_drop, 6)}
+        return {"node": self.node, "op_type": self.op_type, "output_drop": round(self.output_drop, 6),
+                "gate_drop": round(self.gate_drop, 6)}
 
 
 def _quantize(fp32_path: Path, out_path: Path, data: CalibrationData, excluded: Sequence[str],
@@ -299,9 +307,12 @@ def _attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: CalibrationData) -> list[NodeSensitivity]:
+def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: CalibrationData,
+                     score: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], float] | None = None,
+                     ) -> list[NodeSensitivity]:
     """Every quantized node's effect on the outputs when quantized alone, largest first
-    (measured, not guessed).
+    (measured, not guessed): by ``score(fp32 outputs, outputs)`` per batch (the gate criterion's
+    damage, ``NodeSensitivity.gate_drop``) when given, then by the mean output cosine.
 
     The nodes are scored in segments of ``SEGMENT_NODES`` (graph order): a segment's model starts
     at its first node and is fed the FP32 values of what it needs from before, computed once, so
@@ -338,13 +349,14 @@ def node_sensitivity(reference: onnx.ModelProto, quantized_path: Path, data: Cal
             next(bar, None)
             switch[:] = 0.0
             switch[k] = 1.0
-            cosines = [c for v, ref in zip(values, want) for c in _output_cosines(
-                ref, sess.run(outputs, {**{t: v[t] for t in cuts[start]}, SWITCH: switch}))]
-            out.append(NodeSensitivity(node.name, node.op_type, 1.0 - float(np.mean(cosines))))
+            got = [sess.run(outputs, {**{t: v[t] for t in cuts[start]}, SWITCH: switch}) for v in values]
+            cosines = [c for ref, run in zip(want, got) for c in _output_cosines(ref, run)]
+            out.append(NodeSensitivity(node.name, node.op_type, 1.0 - float(np.mean(cosines)),
+                                       score(want, got) if score is not None else 0.0))
         del sess
     for _ in bar:  # closes the bar
         pass
-    return sorted(out, key=lambda s: -s.output_drop)
+    return sorted(out, key=lambda s: (-s.gate_drop, -s.output_drop))
 
 
 def fused_session(path: Path):
@@ -420,10 +432,14 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         steps.append({"excluded": 0, **verdict0.as_dict()})
         needed = options.max_excluded > 0 and not verdict0.passed
         # the sensitivity items are the all-int8 candidate's worst: the gate judges the worst item
-        focus_items = sorted(int(i) for i in np.argsort(verdict0.item_cosines, kind="stable")[:SENSITIVITY_ITEMS])
+        focus_items = sorted(int(i) for i in np.argsort(-np.asarray(verdict0.item_badness),
+                                                        kind="stable")[:SENSITIVITY_ITEMS])
         focus = dataclasses.replace(data, feeds=tuple(data.feeds[i] for i in focus_items))
-        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", focus) if needed else []
-        candidates = [s for s in ranking if s.output_drop > 0][: options.max_excluded]
+        def damage(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+            return 1.0 - criterion.judge(outputs, want, got).worst_margin
+
+        ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", focus, damage) if needed else []
+        candidates = [s for s in ranking if s.hurts][: options.max_excluded]
         chosen = fewest_passing(len(candidates), lambda k: attempt(k).passed) if needed else 0
         if chosen is None:  # none passes: the best measured (closest to the gate, then fewer nodes)
             chosen = min(verdicts, key=lambda k: (verdicts[k].rank_key(), k))
@@ -442,8 +458,8 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
             from batchforge.calibration.int8_cpu import write_cpu_form
 
             def rank(cpu_form: Path) -> list[str]:  # the TensorRT form's ranking, else the CPU form's own
-                found = ranking or node_sensitivity(reference, cpu_form, focus)
-                return [s.node for s in found if s.output_drop > 0]
+                found = ranking or node_sensitivity(reference, cpu_form, focus, damage)
+                return [s.node for s in found if s.hurts]
 
             cpu = write_cpu_form(
                 fp32_path, Path(cpu_out_path), data, excluded, method=method, cache=cache,
