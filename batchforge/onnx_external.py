@@ -146,6 +146,17 @@ def _refs(data: bytes | mmap.mmap, what: str) -> list[ExternalRef]:
         view.release()
 
 
+def check_model_size(path: Path, size: int | None = None) -> None:
+    """Refuses (ArtifactError) an ONNX file over protobuf's 2 GiB limit before anything reads it."""
+    size = path.stat().st_size if size is None else size
+    if size > MAX_MODEL_BYTES:
+        raise ArtifactError(
+            f"{path} is {size:,} bytes; an ONNX file must be under 2 GiB ({MAX_MODEL_BYTES:,} bytes, "
+            "protobuf's limit), so this is not one onnx or ONNX Runtime can load; refused before reading it",
+            hint="save large models with their weights as external data "
+                 "(onnx.save(model, path, save_as_external_data=True))")
+
+
 def external_refs(path: str | os.PathLike[str]) -> list[ExternalRef]:
     """Every external data entry of an ONNX file (tensor, location, offset, length).
 
@@ -160,13 +171,7 @@ def external_refs(path: str | os.PathLike[str]) -> list[ExternalRef]:
             if size == 0:
                 raise ArtifactError(f"{path} is empty (0 bytes), not an ONNX model",
                                     hint="re-create it with the command that made it")
-            if size > MAX_MODEL_BYTES:
-                raise ArtifactError(
-                    f"{path} is {size:,} bytes; an ONNX file must be under 2 GiB ({MAX_MODEL_BYTES:,} "
-                    "bytes, protobuf's limit), so this is not one onnx or ONNX Runtime can load; refused "
-                    "before reading it",
-                    hint="save large models with their weights as external data "
-                         "(onnx.save(model, path, save_as_external_data=True))")
+            check_model_size(path, size)
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 return _refs(mapped, str(path))
     except OSError as exc:
