@@ -4,7 +4,8 @@ side: ``batchforge.runtime.bundle``).
 Every member's files are checked as the runtime checks them before they are copied; the bundle is
 built in a hidden folder beside ``--out``, its SHA256SUMS verified like a reader would, then
 renamed into place (a folder) or packed into a temp file renamed onto ``--out`` (a .tar.gz): the
-output is complete or absent.
+output is complete or absent. bundle.json records every other file's size, and a tarball starts
+with SHA256SUMS and bundle.json, so a reader refuses an unlisted or oversized member at its header.
 """
 
 from __future__ import annotations
@@ -147,15 +148,20 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
         for rel, source in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / rel)
+        record = documents.pop(BUNDLE_FILE)
         for rel, document in documents.items():
             (staging / rel).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        # every other file's size, so a reader refuses an oversized member before writing it
+        record["sizes"] = {n: (staging / n).stat().st_size for n in sorted(present_files(staging)[0])}
+        (staging / BUNDLE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         names = sorted(present_files(staging)[0])
         (staging / SUMS_FILE).write_text("".join(f"{sha256_file(staging / n)}  {n}\n" for n in names),
                                          encoding="utf-8")
         verify_files(staging, request.out)  # what a reader will check
         size = sum((staging / n).stat().st_size for n in [*names, SUMS_FILE])
         if request.as_tar:
-            _pack(staging, [*names, SUMS_FILE], request.out)
+            # the list and the record first: a reader checks every later header against them
+            _pack(staging, [SUMS_FILE, BUNDLE_FILE, *(n for n in names if n != BUNDLE_FILE)], request.out)
         else:
             os.chmod(staging, 0o755)
             if request.out.is_dir():
