@@ -1,0 +1,61 @@
+"""Issue #29 case 9: a model file replaced between open_runner/load_pipeline and activate(), or
+between deactivate() and a later activate(), is refused at activate (its integrity checks run
+again there), never run unverified."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+from helpers import tiny_embedder_onnx
+from hostile_files import point_external_data_at, rerecord, tiny_artifacts
+
+from batchforge.errors import IntegrityError
+from batchforge.runtime.artifacts import Precision
+from batchforge.runtime.loading import load_pipeline, open_runner
+
+FP32 = Precision.FP32
+
+
+def _swap_model(artifacts):
+    """Another valid model (other weights) in place of the verified one; its record is untouched."""
+    onnx.save(tiny_embedder_onnx(seed=7), str(artifacts.onnx(FP32)))
+
+
+def test_a_model_swapped_before_the_first_activate_is_refused(tmp_path):
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    pipeline = load_pipeline("tiny", output_dir=artifacts.root, backend="onnxruntime-cpu", threads=1)
+    _swap_model(artifacts)
+    with pytest.raises(IntegrityError, match=r"model\.fp32\.onnx does not match its record") as info:
+        pipeline.activate()
+    assert "the file changed after it was written" in info.value.one_line()
+    assert not pipeline.runner.is_active and pipeline.runner.session is None
+
+
+def test_a_model_swapped_between_deactivate_and_activate_is_refused(tmp_path):
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    runner = open_runner(artifacts, precision=FP32, backend="onnxruntime-cpu", threads=1)
+    with runner:
+        first = runner.infer({"images": np.ones((1, 3, 8, 8), np.float32)})
+    with runner:  # reactivating unchanged files works
+        again = runner.infer({"images": np.ones((1, 3, 8, 8), np.float32)})
+    assert np.array_equal(first["embedding"], again["embedding"])
+    _swap_model(artifacts)
+    with pytest.raises(IntegrityError, match="does not match its record"):
+        runner.activate()
+    assert not runner.is_active
+
+
+def test_external_data_swapped_between_deactivate_and_activate_is_refused(tmp_path):
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    point_external_data_at(artifacts, "weights.bin")
+    data = artifacts.dir / "weights.bin"
+    rerecord(artifacts, {"weights.bin": hashlib.sha256(data.read_bytes()).hexdigest()})
+    runner = open_runner(artifacts, precision=FP32, backend="onnxruntime-cpu", threads=1)
+    with runner:
+        pass
+    changed = bytearray(data.read_bytes())
+    changed[0] ^= 0xFF
+    data.write_bytes(bytes(changed))
+    with pytest.raises(IntegrityError, match=r"external data 'weights\.bin' of model\.fp32\.onnx is missing"):
+        runner.activate()
