@@ -24,7 +24,7 @@ from typing import Any
 from batchforge import __version__
 from batchforge.deploy.artifacts import model_names, verified_onnx_files, verified_ort_engine, verified_plan
 from batchforge.engines.records import tolerances_for
-from batchforge.errors import UsageError
+from batchforge.errors import BatchforgeError, IntegrityError, UsageError
 from batchforge.runtime import environment
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, atomic_path, read_json, sha256_file
 from batchforge.runtime.bundle import (
@@ -149,6 +149,7 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / rel)
         record = documents.pop(BUNDLE_FILE)
+        _check_copies(staging, record["members"], request)
         for rel, document in documents.items():
             (staging / rel).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # every other file's size, so a reader refuses an oversized member before writing it
@@ -170,6 +171,18 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return request.out, len(names) + 1, size
+
+
+def _check_copies(staging: Path, members: list[str], request: BundleRequest) -> None:
+    """The copies checked as the originals were (issue #29: a file replaced between its check and
+    its copy was shipped with a fresh sha256 in SHA256SUMS). Raises IntegrityError naming it."""
+    for name in members:
+        try:
+            member_files(ModelArtifacts.at(staging / ARTIFACTS_DIR, name), request.precision)
+        except BatchforgeError as exc:
+            raise IntegrityError(f"{request.model}: the artifacts under {request.output_dir} changed while they were "
+                                 f"being bundled; the copy failed its check: {exc.message}",
+                                 hint="something is replacing the artifacts: stop it, then bundle again") from None
 
 
 def _pack(staging: Path, names: list[str], out: Path) -> None:

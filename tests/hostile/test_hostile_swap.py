@@ -59,3 +59,49 @@ def test_external_data_swapped_between_deactivate_and_activate_is_refused(tmp_pa
     data.write_bytes(bytes(changed))
     with pytest.raises(IntegrityError, match=r"external data 'weights\.bin' of model\.fp32\.onnx is missing"):
         runner.activate()
+
+
+def test_bundle_refuses_a_model_swapped_between_its_check_and_its_copy(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from batchforge.cli import main
+    from batchforge.deploy import bundle as deploy_bundle
+
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    real = shutil.copyfile
+
+    def swap_then_copy(source, target, **kwargs):
+        if str(source).endswith("model.fp32.onnx"):
+            _swap_model(artifacts)
+        return real(source, target, **kwargs)
+
+    monkeypatch.setattr(deploy_bundle.shutil, "copyfile", swap_then_copy)
+    out = tmp_path / "b.tar.gz"
+    code = main(["bundle", "tiny", "--out", str(out), "--output-dir", str(artifacts.root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "tiny: the artifacts under" in err and "changed while they were being bundled" in err
+    assert "model.fp32.onnx does not match its record" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]  # no bundle, no staging folder
+
+
+def test_deploy_refuses_a_model_swapped_between_its_check_and_its_copy(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tritonclient.grpc")
+    from batchforge.cli import main
+    from batchforge.deploy import triton
+
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    real = triton.graph_io
+
+    def read_then_swap(path):  # runs after choose_source verified the files, before they are copied
+        found = real(path)
+        _swap_model(artifacts)
+        return found
+
+    monkeypatch.setattr(triton, "graph_io", read_then_swap)
+    repo = tmp_path / "repo"
+    code = main(["deploy", "triton", "tiny", "--out", str(repo), "--output-dir", str(artifacts.root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "model.fp32.onnx changed after it was verified" in err and "nothing was written" in err
+    assert list(repo.iterdir()) == []  # the staging folder removed, no model folder
