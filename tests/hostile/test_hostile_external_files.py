@@ -1,6 +1,7 @@
 """Issue #29 cases 7 and 12: external data must be a regular file with one link inside the model
 folder (a hard link to an outside file is refused like a symlink), and its offset + length must lie
-within that file; `run`, `convert`, `bundle`, `deploy` and `build` refuse in one line, exit 2, writing nothing."""
+within that file; `run`, `convert`, `calibrate`, `bundle`, `deploy` and `build` refuse in one line,
+exit 2, writing nothing."""
 
 import hashlib
 import os
@@ -25,11 +26,13 @@ def _record_as_is(artifacts):
 
 def _commands(tmp_path, artifacts):
     root = str(artifacts.root)
-    good_images(tmp_path / "in", 1)
+    good_images(tmp_path / "in", 8)  # calibrate needs eight
     return {
         "run": (["run", "tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "r.jsonl"),
                  "--output-dir", root, *BACKEND], tmp_path / "r.jsonl"),
         "convert": (["convert", "tiny", "--precision", "fp16", "--output-dir", root], artifacts.onnx(Precision.FP16)),
+        "calibrate": (["calibrate", "tiny", "--data", str(tmp_path / "in"), "--output-dir", root],
+                      artifacts.onnx(Precision.INT8)),
         "bundle": (["bundle", "tiny", "--out", str(tmp_path / "b.tar.gz"), "--output-dir", root],
                    tmp_path / "b.tar.gz"),
         "deploy": (["deploy", "triton", "tiny", "--out", str(tmp_path / "repo"), "--output-dir", root],
@@ -51,7 +54,7 @@ def hardlinked(tmp_path):
     return artifacts
 
 
-@pytest.mark.parametrize("command", ["run", "convert", "bundle", "deploy", "build"])
+@pytest.mark.parametrize("command", ["run", "convert", "calibrate", "bundle", "deploy", "build"])
 def test_hardlinked_external_data_is_refused(tmp_path, capsys, hardlinked, command):
     argv, output = _commands(tmp_path, hardlinked)[command]
     before = sorted(p.name for p in hardlinked.dir.iterdir())
@@ -85,7 +88,7 @@ def short_data(tmp_path):
     return artifacts
 
 
-@pytest.mark.parametrize("command", ["run", "convert", "bundle", "deploy", "build"])
+@pytest.mark.parametrize("command", ["run", "convert", "calibrate", "bundle", "deploy", "build"])
 def test_external_data_running_past_its_file_is_refused(tmp_path, capsys, short_data, command):
     argv, output = _commands(tmp_path, short_data)[command]
     code = main(argv)
