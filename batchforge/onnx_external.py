@@ -41,8 +41,9 @@ _TENSOR_NAME, _TENSOR_EXTERNAL = 8, 13
 _MAX_DEPTH = 64  # subgraph nesting; deeper is not a model anyone exported
 # protobuf cannot parse a message over 2 GiB, so neither onnx nor ONNX Runtime can load such a file
 MAX_MODEL_BYTES = 2 ** 31 - 1
-# fields visited outside tensor data: the reader walks ~1.2 M fields/s (measured, 2 cores), so this
-# bounds a crafted file to seconds; the zoo's largest graphs have well under 100 k
+# fields visited outside tensor data: the reader walks ~1.2 M fields/s (measured on this 2-core
+# machine), so this bounds a crafted file to about 8 s; real models are far below it (measured:
+# reid_resnet50 fp32, 90 MiB, 4,008 fields; its int8 Q/DQ model 6,200; PP-OCRv4 rec 8,706)
 MAX_FIELDS = 10_000_000
 
 
