@@ -206,3 +206,17 @@ def test_after_the_list_an_unlisted_member_is_refused_at_its_header(tmp_path, ca
     assert "failed verification: artifacts/tiny/pad.bin is not listed in SHA256SUMS" in err
     assert sum(inflated) < 4 * MiB  # the headers and the two small records only, not the 64 MiB
     assert written < 64 * 1024 and list(temp.iterdir()) == []
+
+
+def test_a_folder_bundle_file_grown_past_its_recorded_size_is_refused_before_hashing(tmp_path, capsys, made,
+                                                                                     monkeypatch):
+    import os
+
+    bundle_dir, _, _ = made
+    os.truncate(bundle_dir / "artifacts" / "tiny" / "model.fp32.onnx", 2 ** 30)  # sparse: no disk used
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda p, *a: hashed.append(str(p)) or real(p, *a))
+    err, _ = refused_run(tmp_path, capsys, bundle_dir)
+    assert "artifacts/tiny/model.fp32.onnx is 1,073,741,824 bytes, bundle.json records" in err
+    assert hashed == []
