@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from batchforge.errors import ArtifactError, IntegrityError
@@ -23,9 +25,33 @@ def model_names(output_dir: str | Path, model: str) -> list[str]:
 
 def verified_onnx_files(artifacts: ModelArtifacts, precision: Precision) -> list[Path]:
     """The precision's ONNX and its external data files, after ``verified_onnx``'s checks."""
+    return list(recorded_onnx_digests(artifacts, precision))
+
+
+def recorded_onnx_digests(artifacts: ModelArtifacts, precision: Precision) -> dict[Path, str]:
+    """{path: recorded sha256} of the precision's ONNX and its external data, after ``verified_onnx``'s
+    checks: what a copy of them must hash to (``copy_checked``)."""
     onnx_path = artifacts.verified_onnx(precision)
     record = read_json(artifacts.sidecar(precision), what=f"{precision.value} record")["onnx"]
-    return [onnx_path, *(artifacts.dir / name for name in sorted(record.get("external_data") or {}))]
+    data = record.get("external_data") or {}
+    return {onnx_path: record["sha256"], **{artifacts.dir / name: data[name] for name in sorted(data)}}
+
+
+def copy_checked(source: Path, target: Path, sha256: str) -> None:
+    """Copies ``source`` to a new ``target`` through its hash: the copy must be the verified bytes
+    (issue #29: a file replaced between its check and the copy was shipped). Raises IntegrityError
+    and removes the copy when it is not."""
+    digest = hashlib.sha256()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+        while block := src.read(1 << 20):
+            digest.update(block)
+            out.write(block)
+    if digest.hexdigest() != sha256:
+        target.unlink()
+        raise IntegrityError(f"{source} changed after it was verified (sha256 {digest.hexdigest()[:12]}..., "
+                             f"recorded {sha256[:12]}...); nothing was written",
+                             hint="something is replacing the artifacts: stop it, then run the command again")
 
 
 def verified_plan(artifacts: ModelArtifacts, precision: Precision) -> EngineManifest:

@@ -4,7 +4,8 @@ side: ``batchforge.runtime.bundle``).
 Every member's files are checked as the runtime checks them before they are copied; the bundle is
 built in a hidden folder beside ``--out``, its SHA256SUMS verified like a reader would, then
 renamed into place (a folder) or packed into a temp file renamed onto ``--out`` (a .tar.gz): the
-output is complete or absent.
+output is complete or absent. bundle.json records every other file's size, and a tarball starts
+with SHA256SUMS and bundle.json, so a reader refuses an unlisted or oversized member at its header.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from batchforge import __version__
 from batchforge.deploy.artifacts import model_names, verified_onnx_files, verified_ort_engine, verified_plan
 from batchforge.engines.records import tolerances_for
-from batchforge.errors import UsageError
+from batchforge.errors import BatchforgeError, IntegrityError, UsageError
 from batchforge.runtime import environment
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, atomic_path, read_json, sha256_file
 from batchforge.runtime.bundle import (
@@ -147,15 +148,21 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
         for rel, source in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / rel)
+        record = documents.pop(BUNDLE_FILE)
+        _check_copies(staging, record["members"], request)
         for rel, document in documents.items():
             (staging / rel).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        # every other file's size, so a reader refuses an oversized member before writing it
+        record["sizes"] = {n: (staging / n).stat().st_size for n in sorted(present_files(staging)[0])}
+        (staging / BUNDLE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         names = sorted(present_files(staging)[0])
         (staging / SUMS_FILE).write_text("".join(f"{sha256_file(staging / n)}  {n}\n" for n in names),
                                          encoding="utf-8")
         verify_files(staging, request.out)  # what a reader will check
         size = sum((staging / n).stat().st_size for n in [*names, SUMS_FILE])
         if request.as_tar:
-            _pack(staging, [*names, SUMS_FILE], request.out)
+            # the list and the record first: a reader checks every later header against them
+            _pack(staging, [SUMS_FILE, BUNDLE_FILE, *(n for n in names if n != BUNDLE_FILE)], request.out)
         else:
             os.chmod(staging, 0o755)
             if request.out.is_dir():
@@ -164,6 +171,18 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return request.out, len(names) + 1, size
+
+
+def _check_copies(staging: Path, members: list[str], request: BundleRequest) -> None:
+    """The copies checked as the originals were (issue #29: a file replaced between its check and
+    its copy was shipped with a fresh sha256 in SHA256SUMS). Raises IntegrityError naming it."""
+    for name in members:
+        try:
+            member_files(ModelArtifacts.at(staging / ARTIFACTS_DIR, name), request.precision)
+        except BatchforgeError as exc:
+            raise IntegrityError(f"{request.model}: the artifacts under {request.output_dir} changed while they were "
+                                 f"being bundled; the copy failed its check: {exc.message}",
+                                 hint="something is replacing the artifacts: stop it, then bundle again") from None
 
 
 def _pack(staging: Path, names: list[str], out: Path) -> None:

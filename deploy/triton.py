@@ -19,12 +19,12 @@ import enum
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchforge.deploy.artifacts import verified_onnx_files, verified_plan
+from batchforge.deploy.artifacts import copy_checked, recorded_onnx_digests, verified_plan
 from batchforge.errors import BackendUnavailableError, ConfigError, UsageError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.spec import ProfileRange
@@ -87,6 +87,7 @@ class DeploySource:
     external_data: tuple[Path, ...]
     onnx_path: Path  # the graph whose inputs and outputs the config declares
     profile: ProfileRange
+    sha256: Mapping[Path, str] = field(default_factory=dict)  # what each copied file must hash to
 
 
 def import_model_config() -> Any:
@@ -103,11 +104,13 @@ def import_model_config() -> Any:
 def choose_source(artifacts: ModelArtifacts, precision: Precision, platform: Platform) -> DeploySource:
     """The artifact to serve after its integrity checks: the TensorRT plan (``tensorrt_plan``,
     or ``auto`` when one was built) or the precision's ONNX model and its external data."""
-    onnx_path, *data = verified_onnx_files(artifacts, precision)
+    digests = recorded_onnx_digests(artifacts, precision)
+    onnx_path, *data = digests
     if platform is Platform.PLAN or (platform is Platform.AUTO and artifacts.plan_manifest(precision).is_file()):
         manifest = verified_plan(artifacts, precision)
-        return DeploySource(Platform.PLAN, artifacts.plan(precision), (), onnx_path, manifest.profile)
-    return DeploySource(Platform.ONNX, onnx_path, tuple(data), onnx_path, artifacts.spec().profile)
+        plan = artifacts.plan(precision)
+        return DeploySource(Platform.PLAN, plan, (), onnx_path, manifest.profile, {plan: manifest.plan_sha256})
+    return DeploySource(Platform.ONNX, onnx_path, tuple(data), onnx_path, artifacts.spec().profile, digests)
 
 
 def graph_io(onnx_path: Path) -> tuple[list[TensorIO], list[TensorIO]]:
@@ -200,14 +203,14 @@ def write_model_repository(repo: Path, name: str, source: DeploySource, config: 
         version = staging / VERSION
         version.mkdir()
         if source.platform is Platform.PLAN:
-            shutil.copyfile(source.model_file, version / "model.plan")
+            copy_checked(source.model_file, version / "model.plan", source.sha256[source.model_file])
         elif source.external_data:  # Triton: "a directory named model.onnx" holding the graph and its data
             (version / "model.onnx").mkdir()
             for path in (source.model_file, *source.external_data):
                 name_inside = "model.onnx" if path == source.model_file else path.name
-                shutil.copyfile(path, version / "model.onnx" / name_inside)
+                copy_checked(path, version / "model.onnx" / name_inside, source.sha256[path])
         else:
-            shutil.copyfile(source.model_file, version / "model.onnx")
+            copy_checked(source.model_file, version / "model.onnx", source.sha256[source.model_file])
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,12 +12,17 @@ import onnx
 
 from batchforge.errors import ArtifactError, BatchforgeError
 from batchforge.export import checks
-from batchforge.onnx_external import checked_external_files
+from batchforge.onnx_external import checked_external_files, external_refs
 from batchforge.runtime.artifacts import SIDECAR_NAMES, ModelArtifacts, Precision, read_json
 
 
 def describe_onnx(path: Path, trace_batch: int = 2) -> dict[str, Any]:
-    """I/O with dynamic dims, opsets, op counts, external data and lint findings."""
+    """I/O with dynamic dims, opsets, op counts, external data and lint findings.
+
+    The file is first read by batchforge's bounded wire reader (``external_refs``): one that is
+    over 2 GiB or not protobuf at all is refused there, in seconds, before onnx parses it.
+    """
+    external_refs(path)  # ArtifactError: not an ONNX model, refused before onnx.load
     try:
         external = checked_external_files(path)
         external_error = None

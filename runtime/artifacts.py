@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from batchforge.errors import ArtifactError, ConfigError, IntegrityError
-from batchforge.onnx_external import checked_external_files, location_problem
+from batchforge.onnx_external import check_model_size, checked_external_files, location_problem
 from batchforge.runtime.spec import ModelSpec
 from batchforge.safe_paths import check_name, inside
 
@@ -266,6 +266,7 @@ class ModelArtifacts:
     def _check_file_record(self, record: Any, path: Path, hint: str) -> None:
         if not isinstance(record, Mapping) or "sha256" not in record:
             raise ArtifactError(f"the record beside {path} has no sha256 for it", hint=hint)
+        check_model_size(path)  # a multi-GB (sparse) file is refused before it is hashed
         actual = sha256_file(path)
         if actual != record["sha256"]:
             raise IntegrityError(

@@ -5,10 +5,17 @@ it is renamed onto the target when the writer closes cleanly and removed when it
 error or an interrupt. Partial files of the same target left by a process that no longer runs
 (killed with SIGKILL, a power cut) are removed when the next writer starts. The file is
 created with mode 0666 less the umask, like any file the user writes.
+
+The partial file's name is predictable, so it is created with ``O_EXCL | O_NOFOLLOW`` relative
+to the opened output folder (``dir_fd``), and renamed within that same folder: a link or file
+planted at that name (issue #29: links at the next PIDs pointing at a victim file) makes the run
+refuse (exit 2) instead of writing through it, and a folder swapped for a link after the check
+is not followed either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -71,13 +78,26 @@ class JsonlWriter:
         self.count = 0
         self._tmp: Path | None = None
         self._fh: Any = None
+        self._dir_fd: int | None = None
 
     def __enter__(self) -> JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(self.path)
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides
-        self._tmp = tmp
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(tmp.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666,  # the umask decides
+                         dir_fd=dir_fd)
+        except FileExistsError:
+            os.close(dir_fd)
+            kind = "a link" if tmp.is_symlink() else "a file"
+            raise UsageError(f"refusing to write {self.path}: its partial file {tmp} already exists as {kind} "
+                             "that this run did not create; expected no entry at that name",
+                             hint="remove it (something else may be writing there) and run again") from None
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self._tmp, self._dir_fd = tmp, dir_fd
         self._fh = os.fdopen(fd, "w", encoding="utf-8")
         return self
 
@@ -105,10 +125,13 @@ class JsonlWriter:
         return record
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        assert self._tmp is not None
+        assert self._tmp is not None and self._dir_fd is not None
+        name, dir_fd = self._tmp.name, self._dir_fd
         try:
             self._fh.close()
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
+            if exc_type is None:  # within the folder opened at the start
+                os.replace(name, self.path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         finally:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+            os.close(dir_fd)

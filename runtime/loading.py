@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import ArtifactError, ConfigError, UsageError
+from batchforge.errors import ArtifactError, ConfigError, IntegrityError, UsageError
 from batchforge.runtime.artifacts import DEFAULT_OUTPUT_DIR, ModelArtifacts, Precision, read_json
 from batchforge.runtime.backends import Backend, resolve_backend
 from batchforge.runtime.bundle import open_bundle
@@ -144,6 +144,22 @@ def open_runner(
                                name=f"{spec.name}:{precision.value}:{concrete.value}"
                                     + (f":{source}" if source != "model" else "") + (":built" if built else ""))
     runner.dim_ranges = spec.dim_ranges()
+
+    def reverify() -> None:
+        """The same checks again, right before each session is made (issue #29 case 9: a model
+        replaced between open_runner and activate, or between deactivate and activate, ran
+        unverified). The ONNX and external data are hashed again; ONNX Runtime then opens them
+        by path, so only the moments between this hash and its open remain."""
+        again, _, _ = ort_source(artifacts, precision, concrete)
+        again_built = select_ort_engine(artifacts, precision, source_path=again, providers=providers,
+                                        onnxruntime_version=import_onnxruntime().__version__,
+                                        graph_optimization=offline_level(level))
+        if (again, again_built) != (path, built):
+            raise IntegrityError(f"{runner.name}: the artifacts changed after the runner was opened "
+                                 f"({(built or path).name} is no longer what was verified)",
+                                 hint="open the runner again (load_pipeline / open_runner) to use the new files")
+
+    runner.reverify = reverify
     return runner
 
 

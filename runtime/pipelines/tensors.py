@@ -157,14 +157,16 @@ class SideArrays:
         self.count = 0
         self._tmp: Path | None = None
         self._zip: zipfile.ZipFile | None = None
+        self._fh: Any = None
 
     def add(self, key: str, array: np.ndarray) -> None:
         if self._zip is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # mkstemp opens O_EXCL | O_NOFOLLOW; the zip writes through that descriptor, never the name again
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
-            os.close(fd)
             self._tmp = Path(tmp)
-            self._zip = zipfile.ZipFile(self._tmp, "w", allowZip64=True)
+            self._fh = os.fdopen(fd, "w+b")
+            self._zip = zipfile.ZipFile(self._fh, "w", allowZip64=True)
         with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
         self.count += 1
@@ -172,6 +174,7 @@ class SideArrays:
     def close(self, commit: bool) -> None:
         if self._zip is not None:
             self._zip.close()
+            self._fh.close()  # a ZipFile leaves a file object it was given open
         if self._tmp is not None:
             if commit:
                 os.replace(self._tmp, self.path)

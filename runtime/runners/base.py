@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -38,10 +38,15 @@ class Runner(abc.ABC):
         self.is_active = False
         self.unhealthy: str | None = None  # why the engine is unusable (None: healthy)
         self._input_meta: dict[str, IOMeta] | None = None
+        # the artifact's integrity checks, run again by every activate (open_runner sets it), so a
+        # file replaced after verification or between deactivate() and activate() is refused
+        self.reverify: Callable[[], object] | None = None
 
     def activate(self) -> Runner:
         """Loads the model (idempotent). Returns self."""
         if not self.is_active:
+            if self.reverify is not None:
+                self.reverify()
             self.activate_impl()
             self.is_active = True
         return self
