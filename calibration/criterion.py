@@ -70,6 +70,12 @@ class Verdict:
         return min((c.margin for c in self.checks), default=1.0)
 
     @property
+    def damage(self) -> float:
+        """How far the checks are from perfect, summed (0 for a perfect candidate): a check that
+        every candidate fails alike (one saturated pixel) still leaves the others to tell them apart."""
+        return float(sum(1.0 - c.margin for c in self.checks if math.isfinite(c.margin)))
+
+    @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 

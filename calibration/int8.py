@@ -101,8 +101,8 @@ class Int8Options:
 @dataclass(frozen=True)
 class NodeSensitivity:
     """With only this node quantized: ``output_drop`` = 1 - mean output cosine against FP32;
-    ``gate_drop`` = 1 - the gate criterion's worst margin (how far the node alone pushes the
-    check closest to its limit; 0 when not scored by a criterion)."""
+    ``gate_drop`` = the gate criterion's damage (how far the node alone pushes the checks toward
+    their limits, summed over checks; 0 when not scored by a criterion)."""
 
     node: str
     op_type: str
@@ -436,7 +436,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                                                         kind="stable")[:SENSITIVITY_ITEMS])
         focus = dataclasses.replace(data, feeds=tuple(data.feeds[i] for i in focus_items))
         def damage(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-            return 1.0 - criterion.judge(outputs, want, got).worst_margin
+            return criterion.judge(outputs, want, got).damage
 
         ranking = node_sensitivity(reference, Path(tmp) / "excluded0.onnx", focus, damage) if needed else []
         candidates = [s for s in ranking if s.hurts][: options.max_excluded]
