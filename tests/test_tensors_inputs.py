@@ -139,3 +139,23 @@ def test_calibrating_a_two_input_model_on_images_is_one_line_naming_the_cause(tw
     assert "8 of 8 calibration file(s) could not be read, each for the same reason" in line
     assert "missing ['mask']" in line and ".npz" in line and line.count("missing") == 1
     assert not (tmp_path / "artifacts" / "im" / "model.int8.onnx").exists()
+
+
+def test_a_nan_item_is_its_own_error_record_and_the_others_are_processed(two_inputs, tmp_path, capsys):
+    arrays = items(3, seed=11)
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    for i in range(3):
+        item = {name: a[i] for name, a in arrays.items()}
+        if i == 1:
+            item["mask"] = item["mask"].copy()
+            item["mask"][0, 3, 4] = np.nan
+        np.savez(folder / f"item{i}.npz", **item)
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "im", "--input", str(folder), "--output", str(out),
+                 "--output-dir", str(two_inputs), "--backend", "onnxruntime"]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["ok"] for r in rows] == [True, False, True]
+    assert rows[1]["source"].endswith("item1.npz")
+    assert "input 'mask' holds 1 NaN/Inf value(s), first at (0, 3, 4)" in rows[1]["error"]["message"]
+    assert "2/3 inputs processed" in capsys.readouterr().out

@@ -101,6 +101,11 @@ def check_item_feed(feed: Mapping[str, np.ndarray], spec: ModelSpec, source: str
                 f"array has shape {value.shape}",
                 hint="items carry no batch dim: drop the leading 1" if batched else
                      "check which array belongs to which input")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value))
+            raise InputValidationError(
+                f"{source}: input {tensor.name!r} holds {len(bad)} NaN/Inf value(s), first at "
+                f"{tuple(int(i) for i in bad[0])}", hint="fix or drop this item; the others are processed")
 
 
 def read_item_file(path: str | os.PathLike[str], spec: ModelSpec) -> TensorItem:
