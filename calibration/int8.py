@@ -62,7 +62,7 @@ ENTROPY_LEVELS = 128
 class Int8Options:
     """method: one of METHODS, or several comma-separated (tried in order: the first that passes
     the gate criterion wins, else the closest);
-    weights: per-channel, per-tensor or both (each tried); target_cosine: the mean output cosine
+    weights: per-channel (default), per-tensor or both (per-channel tried first); target_cosine: the mean output cosine
     against FP32 a candidate must reach besides the gate's checks; max_excluded: most nodes the
     sensitivity pass may keep in FP32."""
 
@@ -72,7 +72,7 @@ class Int8Options:
     user_excluded: tuple[str, ...] = ()
     cpu_target: str = "auto"  # the CPU artifact's target: auto (this CPU), vnni or no-vnni
     cpu_form: str = "auto"  # auto: adopted by agreement (int8_cpu.CPU_COSINE_SLACK); always; never
-    weights: str = "both"
+    weights: str = "per-channel"
 
     def __post_init__(self) -> None:
         if self.cpu_form not in ("auto", "always", "never"):
