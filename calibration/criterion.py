@@ -145,35 +145,41 @@ class GateCriterion:
             limits = self.limits.get(name)
             if not limits:
                 continue
-            ref = np.concatenate([batch[position] for batch in reference])
-            got = np.concatenate([batch[position] for batch in candidate])
-            max_abs, max_rel, cosine = compare_arrays(ref, got)
+            # batches may differ in shape (a model with dynamic height and width): whole-output
+            # values over the flattened batches, item values batch by batch
+            refs = [batch[position] for batch in reference]
+            gots = [batch[position] for batch in candidate]
+            max_abs, max_rel, cosine = compare_arrays(np.concatenate([a.ravel() for a in refs]),
+                                                      np.concatenate([b.ravel() for b in gots]))
+            rows = np.concatenate([rowwise_cosine(a, b) for a, b in zip(refs, gots)])
             checks.append(Measured(f"raw_cosine[{name}]", cosine, limits["raw_cosine"]))
             row = limits.get(self.row_limit) if name in self.row_outputs else None
             room = 1.0 - (row or limits["raw_cosine"]).value
-            badness = np.maximum(badness, (1.0 - rowwise_cosine(ref, got)) / (room if room > 0 else 1.0))
-            if "raw_max_rel" in limits and ref.size:
-                scale = float(np.max(np.abs(ref))) or 1.0
-                item_err = np.abs(ref.astype(np.float64) - got).reshape(len(ref), -1).max(axis=1) / scale
-                badness = np.maximum(badness, item_err / (limits["raw_max_rel"].value or 1.0))
+            badness = np.maximum(badness, (1.0 - rows) / (room if room > 0 else 1.0))
+            scale = max((float(np.max(np.abs(a))) for a in refs if a.size), default=0.0) or 1.0
             if "raw_max_rel" in limits:
+                item_err = np.concatenate([np.abs(a.astype(np.float64) - b).reshape(len(a), -1).max(axis=1)
+                                           if a.size else np.zeros(len(a)) for a, b in zip(refs, gots)]) / scale
+                badness = np.maximum(badness, item_err / (limits["raw_max_rel"].value or 1.0))
                 checks.append(Measured(f"raw_max_rel[{name}]", max_rel, limits["raw_max_rel"]))
-            if name in self.row_outputs and self.row_limit in limits and ref.size // max(len(ref), 1) > 1:
-                checks.append(Measured(f"row_cosine_min[{name}]", float(rowwise_cosine(ref, got).min()),
-                                       limits[self.row_limit]))
+            if name in self.row_outputs and self.row_limit in limits and refs[0].size // max(len(refs[0]), 1) > 1:
+                checks.append(Measured(f"row_cosine_min[{name}]", float(rows.min()), limits[self.row_limit]))
             if "max_abs" in limits:
                 checks.append(Measured(f"max_abs[{name}]", max_abs, limits["max_abs"]))
-            if name in self.score_outputs:
-                scores = tie_aware_scores(ref, got, limits["score_tie"].value, self.score_outputs[name])
+            if name in self.score_outputs and len({a.shape[-1] for a in refs}) == 1:
+                classes = refs[0].shape[-1] if refs[0].ndim > 1 else 1
+                scores = tie_aware_scores(np.concatenate([a.reshape(-1, classes) for a in refs]),
+                                          np.concatenate([b.reshape(-1, classes) for b in gots]),
+                                          limits["score_tie"].value, self.score_outputs[name])
                 if scores is not None:
                     checks.append(Measured(f"argmax_agreement[{name}]", scores.agreement, limits["argmax_agreement"]))
                     if scores.overlap is not None:
                         checks.append(Measured(f"top{self.score_outputs[name]}_overlap[{name}]", scores.overlap,
                                                limits["topk_overlap"]))
         if not any(self.limits.get(name) for name in names):
-            badness = 1.0 - np.min([np.concatenate([rowwise_cosine(a, b) for a, b in zip(
-                [batch[p] for batch in reference], [batch[p] for batch in candidate])]) for p in range(len(names))],
-                axis=0)
+            badness = 1.0 - np.min([np.concatenate([rowwise_cosine(want[p], got[p])
+                                                    for want, got in zip(reference, candidate)])
+                                    for p in range(len(names))], axis=0)
         mean = float(np.mean(per_item))
         checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
         return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(float(b) for b in badness))

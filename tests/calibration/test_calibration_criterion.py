@@ -159,3 +159,18 @@ def test_every_method_and_granularity_is_tried_and_the_winner_recorded(tmp_path)
     assert not by[("minmax", "per-channel")]["passes_gate_checks"]
     assert report["method"] == "percentile" and report["steps"][0]["passes_gate_checks"] is True
     assert report["steps"][0]["mean_cosine"] == by[("percentile", report["weights"])]["mean_cosine"]
+
+
+def test_batches_of_different_shapes_are_judged_whole_and_item_by_item():
+    """A model with dynamic height and width is calibrated on batches of several sizes (mtcnn's
+    P-Net): whole-output checks over the flattened batches, items batch by batch."""
+    rng = np.random.default_rng(2)
+    criterion = GateCriterion({"m": limits_for("tensors", Precision.INT8)}, ("m",), "row_cosine", {}, 0.9)
+    ref = [[rng.uniform(1, 2, size=(2, 1, 17, 17)).astype(np.float32)],
+           [rng.uniform(1, 2, size=(3, 1, 11, 11)).astype(np.float32)]]
+    got = [[a.copy() for a in batch] for batch in ref]
+    assert criterion.judge(["m"], ref, got).passed
+    got[1][0][2] *= -1.0  # the fifth item, in the second batch
+    verdict = criterion.judge(["m"], ref, got)
+    assert "row_cosine_min[m]" in verdict.failed and len(verdict.item_badness) == 5
+    assert int(np.argmax(verdict.item_badness)) == 4
