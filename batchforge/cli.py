@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-known-failures", action="store_true",
                    help="exit 0 when the only failures are zoo runs listed with their measured reason in "
                         "batchforge/tolerances.py KNOWN_FAILURES (they still run and are reported as KNOWN)")
+    p.add_argument("--factory", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a user model's factory to build its PyTorch reference with (repeatable): parity "
+                        "imports the factory export.json names only when it is a zoo model's or given here")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.commands:cmd_parity")

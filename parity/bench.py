@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,8 +168,14 @@ def _torch_module(artifacts: ModelArtifacts, threads: int) -> Any:
         return None
     import torch
 
-    from batchforge.export.reference import load_reference
+    from batchforge.errors import ArtifactError
+    from batchforge.export.reference import load_reference, trusted_factory
 
+    try:  # a user model's factory is not imported from a record: its column is left out
+        trusted_factory(artifacts, artifacts.export_record())
+    except ArtifactError as exc:
+        print(f"bench: PyTorch eager not timed: {exc.one_line()}", file=sys.stderr)
+        return None
     if threads:
         torch.set_num_threads(threads)
     return load_reference(artifacts)
