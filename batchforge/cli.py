@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 a check failed (parity) or some inputs could not be pro
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -388,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a file that cannot be read or written, a full disk
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc} "
+        code = f" (errno {exc.errno} {errno.errorcode.get(exc.errno, '?')})" if exc.errno else ""
+        print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc}{code} "
               "(check the path, its permissions and the free space)", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
 

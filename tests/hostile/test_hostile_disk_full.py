@@ -1,0 +1,89 @@
+"""Issue #29 case 12 (disk full): a write that fails is one line naming the file and the errno,
+exit 2, and nothing is left behind -- not in the model folder, not in its staging folder."""
+
+import errno
+import json
+import shutil
+
+import pytest
+from user_models import spec_dict
+
+from batchforge.cli import main
+from batchforge.runtime.artifacts import ModelArtifacts, Precision
+
+FULL = OSError(errno.ENOSPC, "No space left on device")
+
+
+def _leftovers(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+def test_export_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, failure):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(state, path):
+        with open(path, "wb") as fh:  # a partial file, as a real full disk leaves
+            fh.write(b"\0" * 100)
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict()))
+    out = tmp_path / "out"
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "batchforge export: error: could not write " in err
+    assert "/reference.safetensors: No space left on device (errno 28 ENOSPC)" in err
+    assert "free space on that file system" in err
+    assert _leftovers(out) == []  # no model folder, no staging folder
+
+
+def test_an_unnamed_oserror_names_the_staging_folder(tmp_path, monkeypatch, capsys):
+    import batchforge.export.exporter as exporter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # a library's writer, no filename
+
+    monkeypatch.setattr(exporter, "export_onnx", full)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict()))
+    out = tmp_path / "out"
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"could not write {out}/.user_tiny.export." in err and "(errno 28 ENOSPC)" in err
+    assert _leftovers(out) == []
+
+
+def test_calibrate_on_a_full_disk_leaves_no_inferred_model(user_tiny_artifacts, tmp_path, monkeypatch, capsys):
+    import onnx.shape_inference
+
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    before = _leftovers(root)
+    written = []
+
+    def full(model_path, output_path, *args, **kwargs):  # what onnxruntime.quantization calls first
+        with open(output_path, "wb") as fh:
+            fh.write(b"\0" * 100)
+        written.append(output_path)
+        raise OSError(errno.ENOSPC, "No space left on device", output_path)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", full)
+    code = main(["calibrate", name, "--allow-synthetic", "--samples", "8", "--output-dir", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert written, err
+    assert written[0].endswith("model.fp32-inferred.onnx")
+    assert f"batchforge calibrate: error: could not write {written[0]}: No space left on device (errno 28 ENOSPC)" \
+        in line
+    assert _leftovers(root) == before  # no model.fp32-inferred.onnx, no staging folder, no int8 file
+    assert not ModelArtifacts.at(root, name).onnx(Precision.INT8).exists()
