@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import json
+import math
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +23,67 @@ from batchforge.safe_paths import name_problem
 
 BATCH_DIM = "batch"
 SUPPORTED_INPUT_DTYPES = ("float32", "float16", "uint8", "int64")
+# the largest size a spec may give (a dim, a batch, an image side): TensorRT profiles and OpenCV
+# sizes are 32-bit, so a larger one could only fail later, in a library's own words
+MAX_SIZE = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+# a spec is a few kB, five levels deep: far more is a hostile file (json recurses per level)
+MAX_JSON_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64
+
+
+def strict_json(raw: bytes, what: str) -> Any:
+    """Parses JSON that a user or another machine wrote: UTF-8, finite numbers only, at most
+    ``MAX_JSON_DEPTH`` levels, integers within Python's digit limit.
+
+    Args:
+        raw: the file's bytes (at most ``MAX_JSON_BYTES``).
+        what: names the file in messages ("spec file s.json").
+    Raises:
+        ConfigError naming what is wrong and where.
+    """
+    if len(raw) > MAX_JSON_BYTES:
+        raise ConfigError(f"{what} is larger than {MAX_JSON_BYTES:,} bytes; expected a JSON file of a few kB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+                          hint="save it as UTF-8") from None
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)  # brackets inside strings do not nest
+    depth = max(itertools.accumulate(1 if c in "[{" else -1 for c in unquoted if c in "[]{}"), default=0)
+    if depth > MAX_JSON_DEPTH:
+        raise ConfigError(f"{what} nests {depth:,} levels deep; expected at most {MAX_JSON_DEPTH}")
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number (JSON numbers are finite)")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer past Python's digit limit
+        if "integer string conversion" in str(exc):
+            exc = ValueError(f"it holds an integer of more than {sys.get_int_max_str_digits():,} digits")
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _too_large(values: tuple[Any, ...]) -> list[Any]:
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE]
+
+
+def _finite32(value: Any) -> bool:
+    """A number float32 holds (preprocessing runs in float32): not NaN, infinite or beyond its range."""
+    try:
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _size_text(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} digits)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +99,9 @@ class ProfileRange:
         values = (self.min, self.opt, self.max)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise ConfigError(f"profile sizes must be integers, got {values}")
+        if _too_large(values):
+            raise ConfigError(f"profile sizes must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(values))}")
         if not 1 <= self.min <= self.opt <= self.max:
             raise ConfigError(
                 f"profile must satisfy 1 <= min <= opt <= max, got min={self.min} "
@@ -63,6 +132,9 @@ class TensorSpec:
             raise ConfigError(
                 f"input {self.name!r} must have {BATCH_DIM!r} as its first dim, got {self.shape}"
             )
+        if _too_large(self.shape):
+            raise ConfigError(f"input {self.name!r} sizes must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(self.shape))}")
         if self.dtype not in SUPPORTED_INPUT_DTYPES:
             raise ConfigError(
                 f"input {self.name!r} dtype must be one of {SUPPORTED_INPUT_DTYPES}, "
@@ -105,6 +177,15 @@ class Preprocess:
             raise ConfigError(f"height and width must be integers, got {sizes}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*self.mean, *self.std)):
             raise ConfigError(f"mean and std must be numbers, got mean={self.mean} std={self.std}")
+        if _too_large(sizes):
+            raise ConfigError(f"height and width must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(sizes))}")
+        # NaN or infinity here makes every later input NaN: refused where it is written
+        if not all(_finite32(v) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"mean and std must be finite numbers, got mean={list(self.mean)} std={list(self.std)}")
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, (int, float)) \
+                or not _finite32(self.pad_value):
+            raise ConfigError(f"pad_value must be a finite number, got {self.pad_value!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.height < 1 or self.width < 1:
