@@ -12,8 +12,9 @@ from batchforge.errors import ConfigError, UsageError
 from batchforge.families import get_family
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
+from batchforge.runtime.json_input import MAX_JSON_BYTES, strict_json
 from batchforge.runtime.loading import ENSEMBLE_FILE
-from batchforge.runtime.spec import MAX_JSON_BYTES, ModelSpec, parse_model_spec, strict_json
+from batchforge.runtime.spec import ModelSpec, parse_model_spec
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
-import json
 import math
-import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,46 +23,6 @@ SUPPORTED_INPUT_DTYPES = ("float32", "float16", "uint8", "int64")
 # sizes are 32-bit, so a larger one could only fail later, in a library's own words
 MAX_SIZE = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38
-
-
-# a spec is a few kB, five levels deep: far more is a hostile file (json recurses per level)
-MAX_JSON_BYTES = 16 * 2**20
-MAX_JSON_DEPTH = 64
-
-
-def strict_json(raw: bytes, what: str) -> Any:
-    """Parses JSON that a user or another machine wrote: UTF-8, finite numbers only, at most
-    ``MAX_JSON_DEPTH`` levels, integers within Python's digit limit.
-
-    Args:
-        raw: the file's bytes (at most ``MAX_JSON_BYTES``).
-        what: names the file in messages ("spec file s.json").
-    Raises:
-        ConfigError naming what is wrong and where.
-    """
-    if len(raw) > MAX_JSON_BYTES:
-        raise ConfigError(f"{what} is larger than {MAX_JSON_BYTES:,} bytes; expected a JSON file of a few kB")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}",
-                          hint="save it as UTF-8") from None
-    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)  # brackets inside strings do not nest
-    depth = max(itertools.accumulate(1 if c in "[{" else -1 for c in unquoted if c in "[]{}"), default=0)
-    if depth > MAX_JSON_DEPTH:
-        raise ConfigError(f"{what} nests {depth:,} levels deep; expected at most {MAX_JSON_DEPTH}")
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not a JSON number (JSON numbers are finite)")
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer past Python's digit limit
-        if "integer string conversion" in str(exc):
-            exc = ValueError(f"it holds an integer of more than {sys.get_int_max_str_digits():,} digits")
-        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
 
 
 def _too_large(values: tuple[Any, ...]) -> list[Any]:
