@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a throughput plot (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager column")
+    p.add_argument("--factory", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a user model's factory for the PyTorch eager column (as for parity: a factory "
+                        "export.json names is imported only when it is a zoo model's or given here)")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.bench:cmd_bench")

@@ -67,3 +67,11 @@ def test_bench_leaves_out_the_eager_column_of_an_untrusted_factory(user_tiny_art
     err = capsys.readouterr().err
     assert code == 0 and "bench: PyTorch eager not timed:" in err and "names factory 'evil:make'" in err
     assert not marker.exists()
+
+
+def test_bench_times_eager_pytorch_with_a_factory_given(user_tiny_artifacts, tmp_path, capsys):
+    src_root, name = user_tiny_artifacts
+    code = main(["bench", name, "--batch-sizes", "1", "--repeats", "1", "--output-dir", str(src_root),
+                 "--factory", "user_models:tiny_embedder", "--json", str(tmp_path / "b.json"), *BACKEND])
+    assert code == 0 and "not timed" not in capsys.readouterr().err
+    assert "torch_s" in json.loads((tmp_path / "b.json").read_text())["rows"][0]
