@@ -145,7 +145,12 @@ def load_reference(artifacts: ModelArtifacts, record: Mapping[str, Any] | None =
     """
     record = record or artifacts.export_record()
     trusted_factory(artifacts, record, factories)
+    weights = record.get("weights") or {}
+    expected = weights.get("sha256") if isinstance(weights, Mapping) else weights
+    if expected is not None and not isinstance(expected, str):
+        raise ArtifactError(f"{artifacts.export_record_path}: weights.sha256 must be a string, got "
+                            f"{type(expected).__name__} {expected!r:.40}",
+                            hint=f"re-export with `batchforge export {artifacts.model}`")
     module = build_module(record["factory"], initialise=False)
-    load_weights(module, artifacts.reference_weights,
-                 expected_sha256=(record.get("weights") or {}).get("sha256"))
+    load_weights(module, artifacts.reference_weights, expected_sha256=expected)
     return module.eval()

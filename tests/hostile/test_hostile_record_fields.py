@@ -102,3 +102,22 @@ def test_a_wrong_typed_calibration_record_is_a_build_error(tmp_path, data):
     write_json_atomic(artifacts.sidecar(Precision.INT8), {"data": data})
     with pytest.raises(BuildError, match="records no calibration data sha256"):
         calibration_sha256(artifacts, Precision.INT8)
+
+
+@pytest.mark.parametrize("weights", [["x"], {"sha256": 5}])
+def test_a_wrong_typed_weights_entry_stops_parity_in_one_line(user_tiny_artifacts, tmp_path, capsys, weights):
+    import shutil
+
+    from batchforge.runtime.artifacts import ModelArtifacts
+
+    src_root, name = user_tiny_artifacts
+    shutil.copytree(src_root, tmp_path / "artifacts")
+    artifacts = ModelArtifacts.at(tmp_path / "artifacts", name)
+    _edit(artifacts.export_record_path, lambda record: record.update(weights=weights))
+    report = tmp_path / "r.json"
+    code = main(["parity", name, "--eval-size", "2", "--output-dir", str(tmp_path / "artifacts"), "--report",
+                 str(report), "--factory", "user_models:tiny_embedder", *BACKEND])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err
+    (run,) = json.loads(report.read_text())["reports"]
+    given = "list ['x']" if isinstance(weights, list) else "int 5"
+    assert run["error"].startswith(f"{artifacts.export_record_path}: weights.sha256 must be a string, got {given}")
