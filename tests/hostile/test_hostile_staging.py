@@ -19,12 +19,12 @@ from batchforge.runtime.staging import make_staging, remove_stale_staging
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def killed_during(snippet: str, argv: list[str]) -> None:
+def killed_during(snippet: str, argv: list[str], **env: str) -> None:
     """Runs ``batchforge argv`` in a child whose ``snippet`` (given ``die()``) SIGKILLs it midway."""
     code = ("import os, signal, sys\n"
             "def die(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
             f"{snippet}\nfrom batchforge.cli import main\nmain({argv!r})\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **env}
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
 
@@ -72,6 +72,27 @@ def test_bundle_removes_a_killed_bundles_staging(tmp_path, capsys):
     assert (left / "SHA256SUMS").is_file() and not out.exists()
     assert main(argv) == 0
     assert staged(out.parent, "bundle") == [] and out.is_file()
+
+
+def test_run_bundle_removes_a_killed_runs_extraction(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from hostile_files import BACKEND, good_images
+
+    root = tmp_path / "artifacts"
+    write_artifact(root, tiny_embedder_onnx(), tiny_spec("tiny"))
+    assert main(["bundle", "tiny", "--out", str(tmp_path / "tiny.tar.gz"), "--output-dir", str(root)]) == 0
+    good_images(tmp_path / "in", 2)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    argv = ["run", "--bundle", str(tmp_path / "tiny.tar.gz"), "--input", str(tmp_path / "in"),
+            "--output", str(tmp_path / "r.jsonl"), *BACKEND]
+    killed_during("import batchforge.runtime.bundle as b\nb._verified = die", argv, TMPDIR=str(temp))
+    (left,) = staged(temp, "extract")
+    assert (left / "SHA256SUMS").is_file()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert main(argv) == 0
+    assert left not in staged(temp, "extract") and not left.exists()
 
 
 def test_only_dead_processes_folders_are_removed(tmp_path):
