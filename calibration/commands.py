@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import errno
 import os
 import shutil
 import sys
@@ -66,6 +67,19 @@ def _staged_source(fp32: Path, stage: Path) -> Path:
     return stage / fp32.name
 
 
+def _raise_if_disk_full(exc: Exception, stage: Path, needed: int) -> None:
+    """A library error met with the disk full is the full disk's: onnx's shape inference writes a
+    truncated ``model.fp32-inferred.onnx`` without an error, and onnxruntime.quantization then
+    fails to parse it (measured on a 2 MB tmpfs: a protobuf DecodeError traceback). With less free
+    space left than the FP32 model takes, that is what is reported, as one line."""
+    free = shutil.disk_usage(stage).free
+    if free < max(needed, 2**20):
+        full = storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stage)))
+        raise type(full)(f"{full.message}: {free:,} bytes free when {type(exc).__name__} was raised "
+                         f"({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no message'})",
+                         hint=full.hint) from None
+
+
 def _run(args: argparse.Namespace, precision: Precision,
          work: Callable[[Path, dict[str, Path], Any], dict[str, Any]]) -> int:
     """``work(fp32, outputs, data)`` writes each output file (role -> temporary path; ``onnx`` is
@@ -93,6 +107,9 @@ def _run(args: argparse.Namespace, precision: Precision,
                 details = work(_staged_source(fp32, stage), temps, data)
             except OSError as exc:  # a full disk: the file and errno in one line
                 raise storage_error(exc, stage) from None
+            except Exception as exc:
+                _raise_if_disk_full(exc, stage, fp32.stat().st_size)
+                raise
             for role, path in list(finals.items()):
                 if role != "onnx" and not temps[role].is_file():  # not adopted (the record says why)
                     path.unlink(missing_ok=True)

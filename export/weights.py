@@ -150,8 +150,8 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike[str]) -> str:
             save_file(state, str(tmp))
     except OSError as exc:  # named by the file it makes, not by its hidden temporary
         raise storage_error(OSError(exc.errno, exc.strerror or str(exc), str(path))) from None
-    except SafetensorError as exc:  # its I/O errors are no OSErrors: "IoError(Os { code: 28, ... })"
-        code = re.search(r"\bcode: (\d+)", str(exc))
+    except SafetensorError as exc:  # its I/O errors are no OSErrors: "I/O error: ... (os error 28)"
+        code = re.search(r"\b(?:os error|code:) (\d+)", str(exc))
         if code is None:
             raise ArtifactError(f"could not write {path}: {exc}") from None
         raise storage_error(OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))) from None

@@ -18,7 +18,7 @@ def _leftovers(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+@pytest.mark.parametrize("failure", ["oserror", "safetensors", "safetensors_debug"])
 def test_export_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys, failure):
     import safetensors.torch
     from safetensors import SafetensorError
@@ -28,6 +28,8 @@ def test_export_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch
             fh.write(b"\0" * 100)
         if failure == "oserror":
             raise OSError(errno.ENOSPC, "No space left on device", path)
+        if failure == "safetensors":  # what safetensors 0.8 raised on a 2 MB tmpfs filled to the last 20 kB
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
                               'message: "No space left on device" })')
 
@@ -61,6 +63,25 @@ def test_an_unnamed_oserror_names_the_staging_folder(tmp_path, monkeypatch, caps
     assert _leftovers(out) == []
 
 
+def test_a_full_disk_under_torch_onnx_export_is_not_an_exporter_failure(tmp_path, monkeypatch, capsys):
+    """Measured on a full tmpfs: both exporters raised ENOSPC, reported as 'failed with both exporters'."""
+    import torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict()))
+    out = tmp_path / "out"
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "both exporters" not in err
+    assert f"could not write {out}/.user_tiny.export." in err
+    assert "/model.fp32.onnx: No space left on device (errno 28 ENOSPC)" in err
+    assert _leftovers(out) == []
+
+
 def test_calibrate_on_a_full_disk_leaves_no_inferred_model(user_tiny_artifacts, tmp_path, monkeypatch, capsys):
     import onnx.shape_inference
 
@@ -87,3 +108,34 @@ def test_calibrate_on_a_full_disk_leaves_no_inferred_model(user_tiny_artifacts, 
         in line
     assert _leftovers(root) == before  # no model.fp32-inferred.onnx, no staging folder, no int8 file
     assert not ModelArtifacts.at(root, name).onnx(Precision.INT8).exists()
+
+
+def test_calibrate_on_a_full_disk_where_onnx_truncates_silently(user_tiny_artifacts, tmp_path, monkeypatch, capsys):
+    """What a 2 MB tmpfs filled to its last 8 kB did for real: onnx's shape inference wrote a truncated
+    model.fp32-inferred.onnx without an error, and onnxruntime.quantization's parse of it raised a
+    protobuf DecodeError. With the disk full, that is the full disk's one line."""
+    import collections
+
+    import onnx.shape_inference
+
+    import batchforge.calibration.commands as commands
+
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    before = _leftovers(root)
+
+    def truncated(model_path, output_path, *args, **kwargs):
+        with open(model_path, "rb") as src, open(output_path, "wb") as out:
+            out.write(src.read()[:100])
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", truncated)
+    monkeypatch.setattr(commands.shutil, "disk_usage", lambda path: usage(2**21, 2**21 - 4096, 4096))
+    code = main(["calibrate", name, "--allow-synthetic", "--samples", "8", "--output-dir", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert f"batchforge calibrate: error: could not write {root / name}/.{name}.calibrate." in line
+    assert ": No space left on device (errno 28 ENOSPC): 4,096 bytes free when DecodeError was raised" in line
+    assert _leftovers(root) == before
