@@ -80,6 +80,26 @@ def _raise_if_disk_full(exc: Exception, stage: Path, needed: int) -> None:
                          hint=full.hint) from None
 
 
+def _publish(artifacts: ModelArtifacts, precision: Precision, stage: Path, temps: dict[str, Path],
+             finals: dict[str, Path], fields: dict[str, Any]) -> None:
+    """Writes the record in ``stage`` (each adopted file hashed there under its role), then moves the
+    files into the model folder, the record last: a full disk fails before anything is moved."""
+    adopted = [role for role in finals if role == "onnx" or temps[role].is_file()]  # else the record says why
+    schema = {k: fields.pop(k) for k in ("schema_version", "model", "precision")}
+    record = {**schema, **{role: file_record(temps[role], stage) for role in adopted}, **fields}
+    sidecar = stage / artifacts.sidecar(precision).name
+    try:
+        write_json_atomic(sidecar, record)
+    except OSError as exc:
+        raise storage_error(exc, sidecar) from None
+    for role, path in finals.items():
+        if role in adopted:
+            temps[role].replace(path)
+        else:
+            path.unlink(missing_ok=True)
+    sidecar.replace(artifacts.sidecar(precision))  # the record last: it vouches for the rest
+
+
 def _run(args: argparse.Namespace, precision: Precision,
          work: Callable[[Path, dict[str, Path], Any], dict[str, Any]]) -> int:
     """``work(fp32, outputs, data)`` writes each output file (role -> temporary path; ``onnx`` is
@@ -110,23 +130,15 @@ def _run(args: argparse.Namespace, precision: Precision,
             except Exception as exc:
                 _raise_if_disk_full(exc, stage, fp32.stat().st_size)
                 raise
-            for role, path in list(finals.items()):
-                if role != "onnx" and not temps[role].is_file():  # not adopted (the record says why)
-                    path.unlink(missing_ok=True)
-                    del finals[role]
-                    continue
-                temps[role].replace(path)
-        record = {
-            "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
-            **{role: file_record(path, artifacts.dir) for role, path in finals.items()},
-            "source_sha256": artifacts.export_record()["onnx"]["sha256"],
-            "data": data.record(),
-            **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
-            **details,
-            "versions": library_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json_atomic(artifacts.sidecar(precision), record)
+            _publish(artifacts, precision, stage, temps, finals, {
+                "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
+                "source_sha256": artifacts.export_record()["onnx"]["sha256"],
+                "data": data.record(),
+                **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
+                **details,
+                "versions": library_versions(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            })
         if data.synthetic:
             print(f"WARNING {name}: {SYNTHETIC_WARNING}", file=sys.stderr)
         print(f"{precision.value} {name:24} {time.perf_counter() - start:6.1f}s  {_summary(details)} "

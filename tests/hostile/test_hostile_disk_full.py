@@ -139,3 +139,27 @@ def test_calibrate_on_a_full_disk_where_onnx_truncates_silently(user_tiny_artifa
     assert f"batchforge calibrate: error: could not write {root / name}/.{name}.calibrate." in line
     assert ": No space left on device (errno 28 ENOSPC): 4,096 bytes free when DecodeError was raised" in line
     assert _leftovers(root) == before
+
+
+def test_convert_whose_record_meets_the_full_disk_moves_nothing_into_place(user_tiny_artifacts, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Measured on a full tmpfs: the FP16 model fitted, its record did not, and model.fp16.onnx was left
+    in the model folder without one. The record is now written in the staging folder first."""
+    import batchforge.calibration.commands as commands
+
+    src_root, name = user_tiny_artifacts
+    root = tmp_path / "artifacts"
+    shutil.copytree(src_root, root)
+    before = _leftovers(root)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # json.dump's write names no file
+
+    monkeypatch.setattr(commands, "write_json_atomic", full)
+    code = main(["convert", name, "--allow-synthetic", "--samples", "8", "--output-dir", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert f"could not write {root / name}/.{name}.convert." in line
+    assert "/convert.fp16.json: No space left on device (errno 28 ENOSPC)" in line
+    assert _leftovers(root) == before  # no model.fp16.onnx without its record
