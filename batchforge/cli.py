@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from batchforge import __version__
-from batchforge.errors import EXIT_COULD_NOT_RUN, BatchforgeError
+from batchforge.errors import EXIT_COULD_NOT_RUN, WRITE_ERRNOS, BatchforgeError, storage_error
 from batchforge.families import known as known_families
 
 EPILOG = """examples:
@@ -391,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
         return 0
     except OSError as exc:  # a file that cannot be read or written, a full disk
+        if exc.errno in WRITE_ERRNOS:  # the file being written: shutil.copyfile names it filename2
+            full = storage_error(OSError(exc.errno, exc.strerror, exc.filename2 or exc.filename))
+            print(f"batchforge {args.command}: error: {full.one_line()}", file=sys.stderr)
+            return EXIT_COULD_NOT_RUN
         where = f" {exc.filename}" if exc.filename else ""
         code = f" (errno {exc.errno} {errno.errorcode.get(exc.errno, '?')})" if exc.errno else ""
         print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc}{code} "

@@ -59,6 +59,9 @@ class StorageError(ArtifactError):
     """A file could not be written: a full disk, a quota, a read-only file system."""
 
 
+WRITE_ERRNOS = (_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS)  # the disk, not the data
+
+
 def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> StorageError:
     """The one line for an OSError met while writing: the path, the reason and its errno.
 

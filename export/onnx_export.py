@@ -4,7 +4,6 @@ only as a fallback)."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import warnings
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from batchforge.errors import ExportError, storage_error
+from batchforge.errors import WRITE_ERRNOS, ExportError, storage_error
 from batchforge.runtime.spec import ModelSpec
 
 DEFAULT_OPSET = 18
@@ -123,7 +122,7 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: str | os.PathLik
 def _raise_if_disk_full(exc: Exception, path: Path) -> None:
     """A write that failed for want of space (or a read-only file system) is a StorageError
     naming ``path`` and the errno, not an exporter failure."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         raise storage_error(exc, path) from None
 
 

@@ -163,3 +163,26 @@ def test_convert_whose_record_meets_the_full_disk_moves_nothing_into_place(user_
     assert f"could not write {root / name}/.{name}.convert." in line
     assert "/convert.fp16.json: No space left on device (errno 28 ENOSPC)" in line
     assert _leftovers(root) == before  # no model.fp16.onnx without its record
+
+
+def test_bundle_on_a_full_disk_names_the_copy_not_its_source(tmp_path, monkeypatch, capsys):
+    """Measured on a full tmpfs: shutil.copyfile's ENOSPC names the source as filename (the line read
+    'could not access .../artifacts/tiny/export.json') and the file being written as filename2."""
+    from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
+
+    import batchforge.deploy.bundle as bundle
+
+    root = tmp_path / "artifacts"
+    write_artifact(root, tiny_embedder_onnx(), tiny_spec("tiny"))
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+
+    monkeypatch.setattr(bundle.shutil, "copyfile", full)
+    out = tmp_path / "deploy" / "tiny.tar.gz"
+    code = main(["bundle", "tiny", "--out", str(out), "--output-dir", str(root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"batchforge bundle: error: could not write {out.parent}/.tiny.tar.gz.bundle." in err
+    assert "No space left on device (errno 28 ENOSPC)" in err and str(root) not in err
+    assert _leftovers(out.parent) == []
