@@ -8,13 +8,14 @@ Exit codes: 0 success; 1 a check failed (parity) or some inputs could not be pro
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from batchforge import __version__
-from batchforge.errors import EXIT_COULD_NOT_RUN, BatchforgeError
+from batchforge.errors import EXIT_COULD_NOT_RUN, WRITE_ERRNOS, BatchforgeError, storage_error
 from batchforge.families import known as known_families
 
 EPILOG = """examples:
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-known-failures", action="store_true",
                    help="exit 0 when the only failures are zoo runs listed with their measured reason in "
                         "batchforge/tolerances.py KNOWN_FAILURES (they still run and are reported as KNOWN)")
+    p.add_argument("--factory", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a user model's factory to build its PyTorch reference with (repeatable): parity "
+                        "imports the factory export.json names only when it is a zoo model's or given here")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.commands:cmd_parity")
@@ -287,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a throughput plot (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager column")
+    p.add_argument("--factory", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a user model's factory for the PyTorch eager column (as for parity: a factory "
+                        "export.json names is imported only when it is a zoo model's or given here)")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.bench:cmd_bench")
@@ -398,8 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
         return 0
     except OSError as exc:  # a file that cannot be read or written, a full disk
+        if exc.errno in WRITE_ERRNOS:  # the file being written: shutil.copyfile names it filename2
+            full = storage_error(OSError(exc.errno, exc.strerror, exc.filename2 or exc.filename))
+            print(f"batchforge {args.command}: error: {full.one_line()}", file=sys.stderr)
+            return EXIT_COULD_NOT_RUN
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc} "
+        code = f" (errno {exc.errno} {errno.errorcode.get(exc.errno, '?')})" if exc.errno else ""
+        print(f"batchforge {args.command}: error: could not access{where}: {exc.strerror or exc}{code} "
               "(check the path, its permissions and the free space)", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
 

@@ -7,6 +7,9 @@ Every message says what was expected, what was given and, where it helps, what t
 
 from __future__ import annotations
 
+import errno as _errno
+import os
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_COULD_NOT_RUN = 2
@@ -50,6 +53,30 @@ class IntegrityError(ArtifactError):
 
 class EngineCompatibilityError(ArtifactError):
     """An engine was built for another GPU, TensorRT version or compatibility level."""
+
+
+class StorageError(ArtifactError):
+    """A file could not be written: a full disk, a quota, a read-only file system."""
+
+
+WRITE_ERRNOS = (_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS)  # the disk, not the data
+
+
+def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> StorageError:
+    """The one line for an OSError met while writing: the path, the reason and its errno.
+
+    Args:
+        exc: the error (its ``filename`` wins over ``path`` when it has one).
+        path: what was being written, for errors that name no file (a library's own writer).
+    """
+    where = exc.filename or path
+    code = exc.errno
+    name = _errno.errorcode.get(code, "") if code is not None else ""
+    reason = exc.strerror or (os.strerror(code) if code is not None else str(exc) or type(exc).__name__)
+    errno_text = f" (errno {code}{' ' + name if name else ''})" if code is not None else ""
+    hint = ("free space on that file system (or choose another output folder), then run the command again"
+            if code in (_errno.ENOSPC, _errno.EDQUOT) else "check the path, its permissions and the free space")
+    return StorageError(f"could not write {where or 'a file'}: {reason}{errno_text}", hint=hint)
 
 
 class ExportError(BatchforgeError):

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import errno
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batchforge.errors import UsageError
+from batchforge.errors import UsageError, storage_error
 from batchforge.memory import release_memory
+from batchforge.onnx_external import checked_external_files
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, write_json_atomic
 from batchforge.runtime.loading import ensemble_spec, load_pipeline
+from batchforge.runtime.staging import staging, temporary_files_in
 
 SCHEMA_VERSION = 1
+STAGED = {Precision.FP16: "convert", Precision.INT8: "calibrate"}  # staging folder kind per command
 SYNTHETIC_WARNING = ("CALIBRATED ON SYNTHETIC DATA (--allow-synthetic): ranges reflect the generator, "
                      "not your deployment inputs; recalibrate with --data before shipping")
 
@@ -48,11 +54,59 @@ def _data_path(args: argparse.Namespace, model: str, family: str) -> str | None:
     return args.data
 
 
+def _staged_source(fp32: Path, stage: Path) -> Path:
+    """The FP32 model (and its external data) linked into ``stage``, so what libraries write
+    beside their input (onnxruntime.quantization's ``model.fp32-inferred.onnx``) is staged too;
+    copied where the file system has no hard links."""
+    for name in [fp32.name, *checked_external_files(fp32)]:
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(fp32.parent / name, stage / name)
+        except OSError:
+            shutil.copyfile(fp32.parent / name, stage / name)
+    return stage / fp32.name
+
+
+def _raise_if_disk_full(exc: Exception, stage: Path, needed: int) -> None:
+    """A library error met with the disk full is the full disk's: onnx's shape inference writes a
+    truncated ``model.fp32-inferred.onnx`` without an error, and onnxruntime.quantization then
+    fails to parse it (measured on a 2 MB tmpfs: a protobuf DecodeError traceback). With less free
+    space left than the FP32 model takes, that is what is reported, as one line."""
+    free = shutil.disk_usage(stage).free
+    if free < max(needed, 2**20):
+        full = storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stage)))
+        raise type(full)(f"{full.message}: {free:,} bytes free when {type(exc).__name__} was raised "
+                         f"({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no message'})",
+                         hint=full.hint) from None
+
+
+def _publish(artifacts: ModelArtifacts, precision: Precision, stage: Path, temps: dict[str, Path],
+             finals: dict[str, Path], fields: dict[str, Any]) -> None:
+    """Writes the record in ``stage`` (each adopted file hashed there under its role), then moves the
+    files into the model folder, the record last: a full disk fails before anything is moved."""
+    adopted = [role for role in finals if role == "onnx" or temps[role].is_file()]  # else the record says why
+    schema = {k: fields.pop(k) for k in ("schema_version", "model", "precision")}
+    record = {**schema, **{role: file_record(temps[role], stage) for role in adopted}, **fields}
+    sidecar = stage / artifacts.sidecar(precision).name
+    try:
+        write_json_atomic(sidecar, record)
+    except OSError as exc:
+        raise storage_error(exc, sidecar) from None
+    for role, path in finals.items():
+        if role in adopted:
+            temps[role].replace(path)
+        else:
+            path.unlink(missing_ok=True)
+    sidecar.replace(artifacts.sidecar(precision))  # the record last: it vouches for the rest
+
+
 def _run(args: argparse.Namespace, precision: Precision,
          work: Callable[[Path, dict[str, Path], Any, Any], dict[str, Any]]) -> int:
     """``work(fp32, outputs, data, spec)`` writes each output file (role -> temporary path; ``onnx`` is
     the precision's model) and returns the record's fields; each finished file is renamed into
-    place and hashed into the record under its role."""
+    place and hashed into the record under its role. Everything is written in a staging folder
+    inside the model folder (``runtime.staging``, temporary files included): a failure, a full disk
+    or a SIGKILL followed by the next run leaves nothing behind."""
     from batchforge.calibration.data import load_calibration_data
     from batchforge.export.exporter import library_versions
 
@@ -67,29 +121,24 @@ def _run(args: argparse.Namespace, precision: Precision,
                                      allow_random=args.allow_random_data)
         out = artifacts.onnx(precision)
         finals = {"onnx": out, **({"cpu_onnx": artifacts.cpu_int8_onnx} if precision is Precision.INT8 else {})}
-        temps = {role: path.with_name(f".{path.name}.tmp") for role, path in finals.items()}
-        try:
-            details = work(fp32, temps, data, pipeline.spec)
-            for role, path in list(finals.items()):
-                if role != "onnx" and not temps[role].is_file():  # not adopted (the record says why)
-                    path.unlink(missing_ok=True)
-                    del finals[role]
-                    continue
-                temps[role].replace(path)
-        finally:
-            for path in temps.values():
-                path.unlink(missing_ok=True)
-        record = {
-            "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
-            **{role: file_record(path, artifacts.dir) for role, path in finals.items()},
-            "source_sha256": artifacts.export_record()["onnx"]["sha256"],
-            "data": data.record(),
-            **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
-            **details,
-            "versions": library_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json_atomic(artifacts.sidecar(precision), record)
+        with staging(artifacts.dir, name, STAGED[precision]) as stage, temporary_files_in(stage):
+            temps = {role: stage / path.name for role, path in finals.items()}
+            try:
+                details = work(_staged_source(fp32, stage), temps, data, pipeline.spec)
+            except OSError as exc:  # a full disk: the file and errno in one line
+                raise storage_error(exc, stage) from None
+            except Exception as exc:
+                _raise_if_disk_full(exc, stage, fp32.stat().st_size)
+                raise
+            _publish(artifacts, precision, stage, temps, finals, {
+                "schema_version": SCHEMA_VERSION, "model": name, "precision": precision.value,
+                "source_sha256": artifacts.export_record()["onnx"]["sha256"],
+                "data": data.record(),
+                **({"warning": SYNTHETIC_WARNING} if data.synthetic else {}),
+                **details,
+                "versions": library_versions(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            })
         if data.synthetic:
             print(f"WARNING {name}: {SYNTHETIC_WARNING}", file=sys.stderr)
         print(f"{precision.value} {name:24} {time.perf_counter() - start:6.1f}s  {_summary(details)} "

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from batchforge.runtime.bundle import (
 )
 from batchforge.runtime.infer_config import load_infer_config
 from batchforge.runtime.loading import ENSEMBLE_FILE, ensemble_spec
+from batchforge.runtime.staging import make_staging
 from batchforge.tolerances import known_failure
 
 TAR_SUFFIXES = (".tar.gz", ".tgz")
@@ -143,7 +143,7 @@ def write_bundle(request: BundleRequest) -> tuple[Path, int, int]:
                          hint="remove it or choose another path")
     files, documents = _collect(request)  # every check before anything is written
     request.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{request.out.name}.", dir=request.out.parent))
+    staging = make_staging(request.out.parent, request.out.name, "bundle")  # a SIGKILLed one's goes next time
     try:
         for rel, source in files.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ def calibration_sha256(artifacts: ModelArtifacts, precision: Precision) -> str |
         return None
     record = read_json(artifacts.sidecar(Precision.INT8), what="calibration record",
                        hint=artifacts.make_hint(Precision.INT8))
-    digest = (record.get("data") or {}).get("sha256")
+    data = record.get("data")
+    digest = data.get("sha256") if isinstance(data, dict) else None  # a record from elsewhere may hold anything
     if not isinstance(digest, str):
         raise BuildError(f"{artifacts.sidecar(Precision.INT8)} records no calibration data sha256",
                          hint=artifacts.make_hint(Precision.INT8))

@@ -12,6 +12,7 @@ from batchforge.errors import ConfigError, UsageError
 from batchforge.families import get_family
 from batchforge.memory import release_memory
 from batchforge.runtime.artifacts import write_json_atomic
+from batchforge.runtime.json_input import MAX_JSON_BYTES, strict_json
 from batchforge.runtime.loading import ENSEMBLE_FILE
 from batchforge.runtime.spec import ModelSpec, parse_model_spec
 
@@ -120,11 +121,11 @@ def _read_spec(path: str) -> ModelSpec:
     need (``parse_model_spec``, then the family's ``spec_problems``). Problems are printed one per
     line (``FILE: spec.PATH: ...``), then one ConfigError (exit 2) says how many."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)  # a sparse 10 GB "spec" is not read whole
     except OSError as exc:
         raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"spec file {path} is not valid JSON: {exc}") from None
+    data = strict_json(raw, f"spec file {path}")
     family = data.get("family") if isinstance(data, dict) else None
     if isinstance(family, str):
         try:

@@ -1,7 +1,9 @@
 """``batchforge export``: one model -> model.fp32.onnx + export.json (+ reference weights).
 
-Everything is written into a temporary folder beside the model folder and moved into place
-only when every check passed, so a failed export leaves no partial files behind.
+Everything is written into a staging folder beside the model folder (``runtime.staging``: the
+same file system, removed at the end and, after a SIGKILL, by the next export of the model) and
+moved into place only when every check passed, so a failed export leaves no partial files behind.
+A write that fails (a full disk) is one line naming the file and the errno.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import importlib.metadata
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import onnx
 import torch
 
 import batchforge
-from batchforge.errors import ExportError
+from batchforge.errors import ExportError, storage_error
 from batchforge.export import checks
 from batchforge.export.onnx_export import ExportOptions, example_inputs, export_onnx
 from batchforge.export.reference import TorchRunner, build_module
@@ -31,6 +32,7 @@ from batchforge.metrics import ParityRow, compare_arrays
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, sha256_file, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 from batchforge.runtime.spec import ModelSpec, ProfileRange
+from batchforge.runtime.staging import make_staging
 
 EXPORT_SCHEMA_VERSION = 1
 # FP32 ONNX vs PyTorch on the same CPU: measured max_rel <= 2e-6 and cosine >= 0.9999999 on the
@@ -78,65 +80,73 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
         load_weights(module, weights)
     module.eval()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.export.", dir=artifacts.root))
+    staging = make_staging(artifacts.root, spec.name, "export")
     try:
-        onnx_path = staging / artifacts.onnx(Precision.FP32).name
-        info = export_onnx(module, spec, onnx_path, options)
-        checks.run_checker(onnx_path)
-        model = onnx.load(str(onnx_path), load_external_data=False)
-        checks.check_external_data(model, staging)
-        # a shape constant equal to the trace batch is evidence, not a verdict: it names the cause
-        # when the graph fails its batch checks, and is a warning when the numbers say it is a
-        # model constant (torchvision swin_t: [2, 7, 2, 7] is two attention windows)
-        findings = checks.lint_batch_specialisation(model, options.trace_batch)
-        batches = verification_batches(spec.profile, options.trace_batch)
-        try:
-            checks.check_symbolic_batch(model)
-            checks.check_symbolic_dims(model, spec)
-            parity = _export_parity(module, spec, onnx_path, batches)
-            checks.check_export_parity(parity, EXPORT_MAX_REL, EXPORT_MIN_COSINE)
-        except ExportError as exc:
-            if not findings:
-                raise
-            raise ExportError(
-                f"batch size baked into the graph: {'; '.join(map(str, findings))} (so {exc.message})",
-                hint="use shape-derived sizes (x.shape[0] / -1) instead of constants in forward()",
-            ) from None
-        warnings = [f"{f}; kept as a model constant: ONNX matches PyTorch at batch "
-                    f"{', '.join(map(str, batches))} (export with another --trace-batch to confirm)"
-                    for f in findings]
-        weights_sha = save_weights(module, staging / artifacts.reference_weights.name)
-        record = {
-            "schema_version": EXPORT_SCHEMA_VERSION,
-            "model": spec.name,
-            "spec": spec.to_dict(),
-            "factory": entry.factory,
-            "onnx": file_record(onnx_path, staging),
-            "exporter": {"name": info.exporter, "fallback_reason": info.fallback_reason,
-                         "opset": options.opset, "trace_batch": options.trace_batch,
-                         "external_data": info.external_data},
-            "io": _io_record(model),
-            "weights": {"source": str(weights) if weights else "seeded activation-calibrated init",
-                        "source_sha256": sha256_file(weights) if weights else None,
-                        "file": artifacts.reference_weights.name, "sha256": weights_sha},
-            "checks": {"onnx_checker": "passed (full_check)", "symbolic_batch": "passed",
-                       "symbolic_dims": {d: [r.min, r.opt, r.max] for d, r in spec.dims.items()} or "none",
-                       "batch_lint": "warned" if warnings else "passed",
-                       "parity": [r.as_dict() for r in parity],
-                       "parity_limits": {"max_rel": EXPORT_MAX_REL, "min_cosine": EXPORT_MIN_COSINE}},
-            "warnings": warnings,
-            "versions": library_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json_atomic(staging / artifacts.export_record_path.name, record)
-        artifacts.dir.mkdir(parents=True, exist_ok=True)
-        for stale in artifacts.dir.glob(artifacts.onnx(Precision.FP32).name + ".data*"):
-            stale.unlink()
-        for item in sorted(staging.iterdir(), key=lambda p: p.name == "export.json"):
-            os.replace(item, artifacts.dir / item.name)  # export.json last: it vouches for the rest
-        return record
+        return _export_staged(module, spec, entry, artifacts, staging, weights, options)
+    except OSError as exc:  # a full disk, a quota: the file it was writing, not a traceback
+        raise storage_error(exc, staging) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, artifacts: ModelArtifacts,
+                   staging: Path, weights: str | os.PathLike[str] | None, options: ExportOptions) -> dict[str, Any]:
+    """Writes everything into ``staging``, checks it, then moves it into the model folder."""
+    onnx_path = staging / artifacts.onnx(Precision.FP32).name
+    info = export_onnx(module, spec, onnx_path, options)
+    checks.run_checker(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    checks.check_external_data(model, staging)
+    # a shape constant equal to the trace batch is evidence, not a verdict: it names the cause
+    # when the graph fails its batch checks, and is a warning when the numbers say it is a
+    # model constant (torchvision swin_t: [2, 7, 2, 7] is two attention windows)
+    findings = checks.lint_batch_specialisation(model, options.trace_batch)
+    batches = verification_batches(spec.profile, options.trace_batch)
+    try:
+        checks.check_symbolic_batch(model)
+        checks.check_symbolic_dims(model, spec)
+        parity = _export_parity(module, spec, onnx_path, batches)
+        checks.check_export_parity(parity, EXPORT_MAX_REL, EXPORT_MIN_COSINE)
+    except ExportError as exc:
+        if not findings:
+            raise
+        raise ExportError(
+            f"batch size baked into the graph: {'; '.join(map(str, findings))} (so {exc.message})",
+            hint="use shape-derived sizes (x.shape[0] / -1) instead of constants in forward()",
+        ) from None
+    warnings = [f"{f}; kept as a model constant: ONNX matches PyTorch at batch "
+                f"{', '.join(map(str, batches))} (export with another --trace-batch to confirm)"
+                for f in findings]
+    weights_sha = save_weights(module, staging / artifacts.reference_weights.name)
+    record = {
+        "schema_version": EXPORT_SCHEMA_VERSION,
+        "model": spec.name,
+        "spec": spec.to_dict(),
+        "factory": entry.factory,
+        "onnx": file_record(onnx_path, staging),
+        "exporter": {"name": info.exporter, "fallback_reason": info.fallback_reason,
+                     "opset": options.opset, "trace_batch": options.trace_batch,
+                     "external_data": info.external_data},
+        "io": _io_record(model),
+        "weights": {"source": str(weights) if weights else "seeded activation-calibrated init",
+                    "source_sha256": sha256_file(weights) if weights else None,
+                    "file": artifacts.reference_weights.name, "sha256": weights_sha},
+        "checks": {"onnx_checker": "passed (full_check)", "symbolic_batch": "passed",
+                   "symbolic_dims": {d: [r.min, r.opt, r.max] for d, r in spec.dims.items()} or "none",
+                   "batch_lint": "warned" if warnings else "passed",
+                   "parity": [r.as_dict() for r in parity],
+                   "parity_limits": {"max_rel": EXPORT_MAX_REL, "min_cosine": EXPORT_MIN_COSINE}},
+        "warnings": warnings,
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(staging / artifacts.export_record_path.name, record)
+    artifacts.dir.mkdir(parents=True, exist_ok=True)
+    for stale in artifacts.dir.glob(artifacts.onnx(Precision.FP32).name + ".data*"):
+        stale.unlink()
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == "export.json"):
+        os.replace(item, artifacts.dir / item.name)  # export.json last: it vouches for the rest
+    return record
 
 
 def verification_batches(profile: ProfileRange, trace_batch: int) -> list[int]:

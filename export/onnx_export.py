@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from batchforge.errors import ExportError
+from batchforge.errors import WRITE_ERRNOS, ExportError, storage_error
 from batchforge.runtime.spec import ModelSpec
 
 DEFAULT_OPSET = 18
@@ -94,6 +94,7 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: str | os.PathLik
             program.save(str(path), external_data=external)
         return ExportInfo("torch.onnx.export(dynamo=True)", None, external)
     except Exception as exc:  # the dynamo exporter raises many types; all mean "try fallback"
+        _raise_if_disk_full(exc, path)  # ... but a full disk: the fallback would only fill it again
         if not options.allow_fallback:
             raise ExportError(f"dynamo export of {spec.name!r} failed: {_first_line(exc)}",
                               hint="fix the model for torch.export, or allow the TorchScript fallback") from None
@@ -110,11 +111,19 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: str | os.PathLik
                 external_data=external,
             )
     except Exception as exc:
+        _raise_if_disk_full(exc, path)
         raise ExportError(
             f"export of {spec.name!r} failed with both exporters: dynamo ({reason}); "
             f"TorchScript ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     return ExportInfo("torch.onnx.export(dynamo=False) [TorchScript fallback]", reason, external)
+
+
+def _raise_if_disk_full(exc: Exception, path: Path) -> None:
+    """A write that failed for want of space (or a read-only file system) is a StorageError
+    naming ``path`` and the errno, not an exporter failure."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        raise storage_error(exc, path) from None
 
 
 def _forward_arg_names(module: torch.nn.Module, count: int) -> list[str]:

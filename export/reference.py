@@ -8,7 +8,7 @@ artifact, shows up as a parity failure instead of being reproduced on both sides
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -108,14 +108,49 @@ def build_module(factory: str, *, initialise: bool = True) -> torch.nn.Module:
         return fn(initialise=True)
 
 
-def load_reference(artifacts: ModelArtifacts, record: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """Rebuilds the exported module: the recorded factory + the saved reference weights."""
-    record = record or artifacts.export_record()
+def trusted_factory(artifacts: ModelArtifacts, record: Mapping[str, Any], given: Collection[str] = ()) -> str:
+    """The factory ``record`` names, once it is known to be code the user chose to run.
+
+    A record is data, possibly from elsewhere: the factory it names is imported only when it is
+    a zoo model's (batchforge's own code) or was given on the command line (``given``).
+
+    Returns:
+        Where the trust comes from: "the zoo's" or "given with --factory".
+    """
+    from batchforge.export.registry import ZOO, load_zoo
+
     factory = record.get("factory")
-    if not factory:
-        raise ArtifactError(f"{artifacts.export_record_path} names no factory",
+    if not isinstance(factory, str) or not factory:
+        raise ArtifactError(f"{artifacts.export_record_path} names no factory (expected a 'module:function' "
+                            f"string, got {factory!r})",
                             hint=f"re-export with `batchforge export {artifacts.model}`")
-    module = build_module(factory, initialise=False)
-    load_weights(module, artifacts.reference_weights,
-                 expected_sha256=(record.get("weights") or {}).get("sha256"))
+    load_zoo()
+    if factory in {entry.factory for entry in ZOO.values()}:
+        return "the zoo's"
+    if factory in given:
+        return "given with --factory"
+    named = f"; --factory given: {', '.join(sorted(given))}" if given else ""
+    raise ArtifactError(f"{artifacts.export_record_path} names factory {factory!r}, which is no zoo model's and "
+                        f"was not given with --factory{named}: code a record names is not imported",
+                        hint=f"if you trust it, pass --factory {factory}")
+
+
+def load_reference(artifacts: ModelArtifacts, record: Mapping[str, Any] | None = None, *,
+                   factories: Collection[str] = ()) -> torch.nn.Module:
+    """Rebuilds the exported module: the recorded factory + the saved reference weights.
+
+    Args:
+        factories: the factories the user gave (``--factory``); a record's other than a zoo
+            model's is refused (see ``trusted_factory``).
+    """
+    record = record or artifacts.export_record()
+    trusted_factory(artifacts, record, factories)
+    weights = record.get("weights") or {}
+    expected = weights.get("sha256") if isinstance(weights, Mapping) else weights
+    if expected is not None and not isinstance(expected, str):
+        raise ArtifactError(f"{artifacts.export_record_path}: weights.sha256 must be a string, got "
+                            f"{type(expected).__name__} {expected!r:.40}",
+                            hint=f"re-export with `batchforge export {artifacts.model}`")
+    module = build_module(record["factory"], initialise=False)
+    load_weights(module, artifacts.reference_weights, expected_sha256=expected)
     return module.eval()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from batchforge.errors import ArtifactError, IntegrityError, UsageError
+from batchforge.errors import ArtifactError, IntegrityError, UsageError, storage_error
 from batchforge.runtime.artifacts import atomic_path, sha256_file
 
 # safetensors refuses headers above 100 MB itself, after reading them; checked here before
@@ -75,8 +76,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code: say so plainly
         raise UsageError(
-            f"{path} could not be loaded with torch.load(weights_only=True): {exc}",
-            hint="save a plain state_dict (or convert it to .safetensors)",
+            f"{path} could not be loaded with torch.load(weights_only=True): {_unpickling_reason(exc)}",
+            hint="save a plain state_dict (or convert it to .safetensors); batchforge never unpickles "
+                 "code, so it does not retry with weights_only=False",
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
@@ -84,6 +86,25 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UsageError(f"{path} does not hold a state dict of tensors")
     return dict(data)
+
+
+# torch's own advice ("Re-running `torch.load` with `weights_only` set to `False` will likely
+# succeed", "add_safe_globals([...])") is what a hostile file wants its reader to do: only the
+# refusal itself is relayed
+_TORCH_REFUSAL = re.compile(r"(?:WeightsUnpickler error: )?(?:Unsupported global|Trying to load unsupported)[^\n]*",
+                            re.IGNORECASE)
+_TORCH_ADVICE = ("weights_only", "In PyTorch 2.6", "Check the documentation", "trust", "Please use")
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """What torch.load refused, without its advice to load the file unsafely."""
+    found = _TORCH_REFUSAL.search(str(exc))
+    if found:
+        sentences = re.split(r"(?<=\.) ", found.group(0).strip())
+        return " ".join(s for s in sentences if not any(a in s for a in _TORCH_ADVICE))[:300]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not any(advice in line for advice in _TORCH_ADVICE)]
+    return " ".join(kept)[:300] or type(exc).__name__
 
 
 def load_weights(module: torch.nn.Module, path: str | os.PathLike[str],
@@ -115,10 +136,23 @@ def load_weights(module: torch.nn.Module, path: str | os.PathLike[str],
 
 
 def save_weights(module: torch.nn.Module, path: str | os.PathLike[str]) -> str:
-    """Saves the module's state dict as safetensors (atomic); returns its sha256."""
+    """Saves the module's state dict as safetensors (atomic); returns its sha256.
+
+    Raises:
+        StorageError naming ``path`` and the errno when it cannot be written (a full disk).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+    except OSError as exc:  # named by the file it makes, not by its hidden temporary
+        raise storage_error(OSError(exc.errno, exc.strerror or str(exc), str(path))) from None
+    except SafetensorError as exc:  # its I/O errors are no OSErrors: "I/O error: ... (os error 28)"
+        code = re.search(r"\b(?:os error|code:) (\d+)", str(exc))
+        if code is None:
+            raise ArtifactError(f"could not write {path}: {exc}") from None
+        raise storage_error(OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))) from None
     return sha256_file(path)

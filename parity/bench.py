@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,8 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def bench(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, repeats: int,
-          precision: Precision, backend: str, with_torch: bool) -> list[dict[str, Any]]:
+          precision: Precision, backend: str, with_torch: bool,
+          factories: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Measures each batch size; returns one row per size (seconds are medians)."""
     concrete = resolve_backend(backend)
     if not concrete.is_onnxruntime:
@@ -58,7 +60,7 @@ def bench(model: str, *, output_dir: str, batch_sizes: list[int], threads: int, 
     runner = open_runner(artifacts, precision=precision, backend=concrete, threads=threads, spec=spec)
     runner.activate()
     raw = _raw_session(runner)
-    torch_module = _torch_module(artifacts, threads) if with_torch else None
+    torch_module = _torch_module(artifacts, threads, factories) if with_torch else None
     rows = []
     rng = np.random.default_rng(0)
     try:
@@ -162,16 +164,22 @@ def _raw_session(runner: Any) -> Any:
     return inference_session(ort, runner.model, runner.options)
 
 
-def _torch_module(artifacts: ModelArtifacts, threads: int) -> Any:
+def _torch_module(artifacts: ModelArtifacts, threads: int, factories: tuple[str, ...]) -> Any:
     if importlib.util.find_spec("torch") is None:
         return None
     import torch
 
-    from batchforge.export.reference import load_reference
+    from batchforge.errors import ArtifactError
+    from batchforge.export.reference import load_reference, trusted_factory
 
+    try:  # a user model's factory is not imported from a record: its column is left out
+        trusted_factory(artifacts, artifacts.export_record(), factories)
+    except ArtifactError as exc:
+        print(f"bench: PyTorch eager not timed: {exc.one_line()}", file=sys.stderr)
+        return None
     if threads:
         torch.set_num_threads(threads)
-    return load_reference(artifacts)
+    return load_reference(artifacts, factories=factories)
 
 
 def _torch_call(module: Any, feed: dict[str, np.ndarray], names: tuple[str, ...]) -> Callable[[], Any]:
@@ -203,7 +211,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     rows = bench(args.model, output_dir=args.output_dir, batch_sizes=_batch_sizes(args.batch_sizes),
                  threads=args.threads, repeats=args.repeats, precision=precisions[0],
-                 backend=args.backend, with_torch=not args.no_torch)
+                 backend=args.backend, with_torch=not args.no_torch, factories=tuple(args.factory))
     has_torch = "torch_s" in rows[0]
     print(f"{args.model} [{args.precision}] on {resolve_backend(args.backend).value}, "
           f"threads={args.threads or 'default'}, median of {args.repeats}")

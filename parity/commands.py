@@ -27,7 +27,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if args.eval_size is not None and args.eval_size < 1:
         raise UsageError(f"--eval-size must be >= 1, got {args.eval_size}")
     session = ParitySession(args.output_dir, args.backend, threads=args.threads,
-                            eval_size=args.eval_size, data=args.data)
+                            eval_size=args.eval_size, data=args.data, factories=args.factory)
     reports = []
     try:
         for precision in precisions:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from batchforge.errors import ArtifactError
-from batchforge.export.reference import TorchRunner, load_reference, torch_preprocess
+from batchforge.export.reference import TorchRunner, load_reference, torch_preprocess, trusted_factory
 from batchforge.export.registry import ZOO, load_zoo
 from batchforge.memory import release_memory
 from batchforge.progress import progress
@@ -119,8 +119,9 @@ class ParitySession:
 
     def __init__(self, output_dir: str | os.PathLike[str], backend: str, *, threads: int = 0,
                  eval_size: int | None = None, show_progress: bool = True,
-                 data: str | os.PathLike[str] | None = None) -> None:
+                 data: str | os.PathLike[str] | None = None, factories: Sequence[str] = ()) -> None:
         self.output_dir = output_dir
+        self.factories = tuple(factories)  # ``parity --factory``: user factories the user trusts
         self.data = data  # ``parity --data``: the user's inputs instead of the family's generator
         self.backend = backend
         self.threads = threads
@@ -141,15 +142,21 @@ class ParitySession:
         return ModelArtifacts.at(self.output_dir, name)
 
     def reference_spec(self, name: str, recorded: ModelSpec) -> tuple[ModelSpec, str | None]:
-        """The spec the reference uses: the zoo's canonical one, else the recorded one.
+        """The spec the reference uses: the zoo's canonical one, else the recorded one. The
+        factory export.json names is checked here, before any work: it must be a zoo model's or
+        given with ``--factory`` (a record is data, not code to run).
 
         Returns:
-            (spec, note) where note explains a fallback to the recorded spec.
+            (spec, note) where note explains a fallback to the recorded spec and names the factory.
         """
+        artifacts = self.artifacts(name)
+        record = artifacts.export_record()
+        trust = trusted_factory(artifacts, record, self.factories)
         load_zoo()
         if name in ZOO:
             return ZOO[name].spec, None
-        return recorded, ("user model: reference preprocessing taken from export.json, so a "
+        return recorded, (f"user model: reference built by factory {record['factory']!r} ({trust}); "
+                          "reference preprocessing taken from export.json, so a "
                           "wrong preprocessing config there cannot be detected")
 
     def eval_set(self, family: FamilyParity, spec: ModelSpec) -> EvalSet:
@@ -174,7 +181,7 @@ class ParitySession:
 
     def module(self, name: str) -> torch.nn.Module:
         if name not in self._modules:
-            self._modules[name] = load_reference(self.artifacts(name))
+            self._modules[name] = load_reference(self.artifacts(name), factories=self.factories)
         return self._modules[name]
 
     def reference_run(self, name: str, spec: ModelSpec, family: FamilyParity, eval_set: EvalSet) -> ReferenceRun:

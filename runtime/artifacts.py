@@ -122,7 +122,7 @@ def read_json(path: str | os.PathLike[str], *, what: str, hint: str | None = Non
         raise ArtifactError(f"{what} not found: expected {path}", hint=hint)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also non-UTF-8, deep nesting, a 5000-digit integer
         raise ArtifactError(f"{what} {path} is not valid JSON: {exc}", hint=hint) from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
@@ -264,8 +264,10 @@ class ModelArtifacts:
         return path, str(target)
 
     def _check_file_record(self, record: Any, path: Path, hint: str) -> None:
-        if not isinstance(record, Mapping) or "sha256" not in record:
-            raise ArtifactError(f"the record beside {path} has no sha256 for it", hint=hint)
+        if not isinstance(record, Mapping) or not isinstance(record.get("sha256"), str):
+            given = record.get("sha256") if isinstance(record, Mapping) else record
+            raise ArtifactError(f"the record beside {path} has no sha256 for it (expected an object with a "
+                                f"sha256 string, got {type(given).__name__} {given!r:.40})", hint=hint)
         check_model_size(path)  # a multi-GB (sparse) file is refused before it is hashed
         actual = sha256_file(path)
         if actual != record["sha256"]:
@@ -275,6 +277,9 @@ class ModelArtifacts:
                 hint=f"the file changed after it was written; {hint}",
             )
         recorded = record.get("external_data") or {}
+        if not isinstance(recorded, Mapping) or not all(isinstance(v, str) for v in recorded.values()):
+            raise ArtifactError(f"the record beside {path} has external_data {recorded!r:.60}; expected an "
+                                "object of file name -> sha256", hint=hint)
         unrecorded = sorted(set(checked_external_files(path)) - set(recorded))
         if unrecorded:
             raise IntegrityError(

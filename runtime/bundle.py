@@ -43,6 +43,7 @@ from typing import Any
 
 from batchforge.errors import ConfigError, IntegrityError
 from batchforge.runtime.artifacts import Precision, read_json, sha256_file
+from batchforge.runtime.staging import make_staging
 
 SUMS_FILE = "SHA256SUMS"
 BUNDLE_FILE = "bundle.json"
@@ -107,7 +108,7 @@ def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     if not path.is_file():
         raise IntegrityError(f"bundle not found: {path} (expected a bundle folder or .tar.gz)",
                              hint=REMAKE_HINT)
-    temp = Path(tempfile.mkdtemp(prefix="batchforge-bundle-"))
+    temp = make_staging(tempfile.gettempdir(), "batchforge-bundle", "extract")  # a killed run's goes next time
     try:
         _extract(path, temp)  # every file already streamed through its hash, in a 0700 folder
         return _verified(temp, path, temp, hashed=True)

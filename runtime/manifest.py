@@ -23,6 +23,7 @@ from typing import Any
 
 from batchforge.errors import ArtifactError, ConfigError, EngineCompatibilityError, IntegrityError
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, read_json, sha256_file, write_json_atomic
+from batchforge.runtime.json_input import type_problems
 from batchforge.runtime.spec import ProfileRange
 
 MANIFEST_SCHEMA = 1
@@ -179,6 +180,7 @@ def _check_keys(what: str, data: Any, cls: type) -> None:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     problems = [f"unknown key {k!r}" for k in sorted(set(data) - set(fields))]
     problems += [f"missing key {k!r}" for k in sorted(required - set(data))]
+    problems += type_problems("", data, cls)  # a wrong-typed field: named here, not a TypeError later
     if problems:
         raise ConfigError(f"invalid {what}", problems=problems,
                           hint="the manifest was not written by this batchforge; rebuild the engine")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,27 @@ from batchforge.safe_paths import name_problem
 
 BATCH_DIM = "batch"
 SUPPORTED_INPUT_DTYPES = ("float32", "float16", "uint8", "int64")
+# the largest size a spec may give (a dim, a batch, an image side): TensorRT profiles and OpenCV
+# sizes are 32-bit, so a larger one could only fail later, in a library's own words
+MAX_SIZE = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _too_large(values: tuple[Any, ...]) -> list[Any]:
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE]
+
+
+def _finite32(value: Any) -> bool:
+    """A number float32 holds (preprocessing runs in float32): not NaN, infinite or beyond its range."""
+    try:
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _size_text(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} digits)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,9 @@ class ProfileRange:
         values = (self.min, self.opt, self.max)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise ConfigError(f"profile sizes must be integers, got {values}")
+        if _too_large(values):
+            raise ConfigError(f"profile sizes must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(values))}")
         if not 1 <= self.min <= self.opt <= self.max:
             raise ConfigError(
                 f"profile must satisfy 1 <= min <= opt <= max, got min={self.min} "
@@ -63,6 +88,9 @@ class TensorSpec:
             raise ConfigError(
                 f"input {self.name!r} must have {BATCH_DIM!r} as its first dim, got {self.shape}"
             )
+        if _too_large(self.shape):
+            raise ConfigError(f"input {self.name!r} sizes must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(self.shape))}")
         if self.dtype not in SUPPORTED_INPUT_DTYPES:
             raise ConfigError(
                 f"input {self.name!r} dtype must be one of {SUPPORTED_INPUT_DTYPES}, "
@@ -105,6 +133,15 @@ class Preprocess:
             raise ConfigError(f"height and width must be integers, got {sizes}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*self.mean, *self.std)):
             raise ConfigError(f"mean and std must be numbers, got mean={self.mean} std={self.std}")
+        if _too_large(sizes):
+            raise ConfigError(f"height and width must be at most {MAX_SIZE:,}, got "
+                              f"{', '.join(_size_text(v) for v in _too_large(sizes))}")
+        # NaN or infinity here makes every later input NaN: refused where it is written
+        if not all(_finite32(v) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"mean and std must be finite numbers, got mean={list(self.mean)} std={list(self.std)}")
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, (int, float)) \
+                or not _finite32(self.pad_value):
+            raise ConfigError(f"pad_value must be a finite number, got {self.pad_value!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.height < 1 or self.width < 1:

@@ -13,6 +13,8 @@ from batchforge.export.reference import torch_preprocess
 from batchforge.export.samples import generate
 from batchforge.runtime.spec import Preprocess
 
+TRUSTED = ("--factory", "user_models:tiny_classifier")  # parity imports no factory a record names
+
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
@@ -27,7 +29,7 @@ def classifier(tmp_path_factory):
 
 
 def parity(root, report, *extra: str) -> tuple[int, dict]:
-    code = main(["parity", "cls", "--output-dir", str(root / "artifacts"), "--report", str(report), *extra])
+    code = main(["parity", "cls", "--output-dir", str(root / "artifacts"), "--report", str(report), *TRUSTED, *extra])
     (model,) = json.loads(report.read_text())["reports"]
     return code, model
 
@@ -79,7 +81,8 @@ def test_gating_on_the_calibration_files_is_a_warning(classifier, tmp_path, caps
 def test_user_data_is_refused_where_the_checks_need_the_generators_structure(user_tiny_artifacts, classifier,
                                                                               tmp_path, capsys):
     artifacts, name = user_tiny_artifacts  # family reid: retrieval needs queries and a gallery
-    code = main(["parity", name, "--output-dir", str(artifacts), "--data", str(classifier / "held_out")])
+    code = main(["parity", name, "--output-dir", str(artifacts), "--data", str(classifier / "held_out"),
+                 "--factory", "user_models:tiny_embedder"])
     assert code == 2
     lines = [line for line in capsys.readouterr().out.splitlines() if "could not run" in line]
     assert len(lines) == 1

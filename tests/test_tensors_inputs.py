@@ -17,6 +17,8 @@ from batchforge.export.samples import generate
 from batchforge.runtime.artifacts import ModelArtifacts, Precision
 from batchforge.runtime.spec import Preprocess
 
+TRUSTED = ("--factory", "user_models:image_and_mask")  # parity imports no factory a record names
+
 
 @pytest.fixture(scope="module")
 def two_inputs(tmp_path_factory):
@@ -45,7 +47,7 @@ def report_of(path) -> dict:
 
 
 def test_parity_run_and_bench_take_both_inputs(two_inputs, tmp_path, capsys):
-    assert main(["parity", "im", "--output-dir", str(two_inputs), "--report", str(tmp_path / "r.json")]) == 0
+    assert main(["parity", "im", *TRUSTED, "--output-dir", str(two_inputs), "--report", str(tmp_path / "r.json")]) == 0
     model = report_of(tmp_path / "r.json")
     cosine = next(c for c in model["checks"] if c["name"] == "row_cosine_min[logits]")
     assert "synthetic: sample images + uniform [0, 1) mask" in cosine["detail"]
@@ -78,7 +80,8 @@ def test_inputs_swapped_in_the_exported_graph_fail_parity(two_inputs, tmp_path):
         concat.input[:] = [second, first]
 
     replant_onnx(ModelArtifacts.at(tmp_path / "artifacts", "im"), Precision.FP32, swap)
-    code = main(["parity", "im", "--output-dir", str(tmp_path / "artifacts"), "--report", str(tmp_path / "r.json")])
+    code = main(["parity", "im", *TRUSTED, "--output-dir", str(tmp_path / "artifacts"),
+                 "--report", str(tmp_path / "r.json")])
     assert code == 1
     failed = {c["name"] for c in report_of(tmp_path / "r.json")["checks"] if not c["passed"]}
     assert {"raw_cosine[logits]", "row_cosine_min[logits]", "argmax_agreement[logits]"} <= failed
@@ -104,7 +107,7 @@ def test_calibrate_and_gate_int8_on_two_input_arrays(two_inputs, tmp_path, capsy
                  "--output-dir", str(tmp_path / "artifacts")]) == 0
     record = json.loads((tmp_path / "artifacts" / "im" / "calibration.json").read_text())
     assert record["data"]["items"] == 8
-    code = main(["parity", "im", "--precision", "int8", "--data", str(tmp_path / "held_out.npz"),
+    code = main(["parity", "im", *TRUSTED, "--precision", "int8", "--data", str(tmp_path / "held_out.npz"),
                  "--output-dir", str(tmp_path / "artifacts"), "--report", str(tmp_path / "r.json")])
     model = report_of(tmp_path / "r.json")
     assert code == 0, [c for c in model["checks"] if not c["passed"]]
@@ -121,7 +124,7 @@ def test_bad_parity_data_for_two_inputs_is_one_line_and_exit_2(two_inputs, tmp_p
         (tmp_path / "swapped.npz", "swapped.npz: array 'image' has items of shape (1, 32, 32), expected (3, 32, 32)"),
     ):
         capsys.readouterr()
-        assert main(["parity", "im", "--output-dir", str(two_inputs), "--data", str(data)]) == 2
+        assert main(["parity", "im", *TRUSTED, "--output-dir", str(two_inputs), "--data", str(data)]) == 2
         out, err = capsys.readouterr()
         (line,) = [line for line in out.splitlines() if "could not run" in line]
         assert expected in line, line

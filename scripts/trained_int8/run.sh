@@ -108,7 +108,7 @@ print("  cpu:", json.dumps({k: v for k, v in cpu.items() if k != "scheme"}))
 EOF
     step "${model}_build_int8" 0 "$BF" build "$model" --precision int8 --backend onnxruntime --output-dir "$ART"
     step "${model}_parity" "0 1" "$BF" parity "$model" --precision fp32,fp16,int8 --data "$held_out" \
-        --report "$REPORTS/$model.parity.json" --output-dir "$ART"
+        --report "$REPORTS/$model.parity.json" --output-dir "$ART" --factory "ocr_models:$model"
     report=$REPORTS/$model.parity.json
     if [[ ! -f $report ]] || grep -q '^Traceback' "$LOGS/${model}_parity.log"; then
         # exit 1 with a traceback and no report: parity crashed (the FP16 detector's failure
@@ -116,7 +116,7 @@ EOF
         echo "  parity of $model crashed: $(grep -E 'Error' "$LOGS/${model}_parity.log" | tail -1 | cut -c1-300)"
         report=$REPORTS/$model.parity.guarded.json
         step "${model}_parity_guarded" "0 1" "$PY" "$HERE/parity_guarded.py" "$model" --precision fp32,fp16,int8 \
-            --data "$held_out" --report "$report" --output-dir "$ART"
+            --data "$held_out" --report "$report" --output-dir "$ART" --factory "ocr_models:$model"
     fi
     "$PY" - "$report" <<'EOF' | tee "$LOGS/${model}_parity_summary.txt"
 import json, sys

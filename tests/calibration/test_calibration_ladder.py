@@ -116,7 +116,8 @@ def test_ladder_on_a_user_model_convert_calibrate_parity(user_tiny_artifacts, tm
     assert int8["source_sha256"] == artifacts.export_record()["onnx"]["sha256"]
     q = onnx.load(str(artifacts.onnx(Precision.INT8)))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
-    assert main(["parity", name, "--precision", "fp16,int8", "--eval-size", "4", "--threads", "2", *out]) == 0
+    assert main(["parity", name, "--precision", "fp16,int8", "--eval-size", "4", "--threads", "2", *out,
+                 "--factory", "user_models:tiny_embedder"]) == 0
 
 
 def test_stale_lower_precision_after_reexport_is_refused(user_tiny_artifacts, tmp_path):
@@ -127,7 +128,8 @@ def test_stale_lower_precision_after_reexport_is_refused(user_tiny_artifacts, tm
     record = json.loads((root / name / "export.json").read_text())
     record["onnx"]["sha256"] = "f" * 64  # as if the FP32 model had been re-exported
     (root / name / "export.json").write_text(json.dumps(record))
-    code = main(["parity", name, "--precision", "fp16", "--eval-size", "4", "--output-dir", str(root)])
+    code = main(["parity", name, "--precision", "fp16", "--eval-size", "4", "--output-dir", str(root),
+                 "--factory", "user_models:tiny_embedder"])
     assert code == 2
 
 

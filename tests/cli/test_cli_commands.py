@@ -133,7 +133,8 @@ def test_samples_command(tmp_path, capsys):
 def test_bench_json(user_tiny_artifacts, tmp_path, capsys):
     root, name = user_tiny_artifacts
     assert main(["bench", name, "--batch-sizes", "1,4", "--repeats", "1", "--threads", "1",
-                 "--output-dir", str(root), "--json", str(tmp_path / "b.json")]) == 0
+                 "--output-dir", str(root), "--json", str(tmp_path / "b.json"),
+                 "--factory", "user_models:tiny_embedder"]) == 0
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [1, 4] and rows[0]["runner_over_raw"] > 0
     assert "ort_speedup_over_torch" in rows[1]

@@ -108,7 +108,7 @@ def test_a_perturbed_weight_fails_parity_naming_its_checks(walked, tmp_path):
     replant_onnx(copy, Precision.FP32, perturb)
     report = tmp_path / "r.json"
     code = main(["parity", "squeezenet", "--data", str(root / "photos/held_out"), "--output-dir",
-                 str(tmp_path / "artifacts"), "--report", str(report)])
+                 str(tmp_path / "artifacts"), "--report", str(report), "--factory", "own_model:squeezenet"])
     assert code == 1
     (run,) = reports(report).values()
     assert {c["name"] for c in run["checks"] if not c["passed"]} == {

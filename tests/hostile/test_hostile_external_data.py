@@ -183,7 +183,8 @@ def test_parity_on_a_hostile_location_could_not_run_exit_2_not_a_drift_failure(u
                 entry.value = "../../secret.bin"
     onnx.save(hostile, str(path))
     rerecord(artifacts)
-    code = main(["parity", name, "--eval-size", "2", "--output-dir", str(root)])
+    code = main(["parity", name, "--eval-size", "2", "--output-dir", str(root),
+                 "--factory", "user_models:tiny_embedder"])
     captured = capsys.readouterr()
     assert code == 2, captured.out + captured.err
     assert "climbs outside the model folder ('..')" in captured.out + captured.err
