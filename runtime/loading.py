@@ -151,9 +151,11 @@ def open_runner(
         unverified). The ONNX and external data are hashed again; ONNX Runtime then opens them
         by path, so only the moments between this hash and its open remain."""
         again, _, _ = ort_source(artifacts, precision, concrete)
-        again_built = select_ort_engine(artifacts, precision, source_path=again, providers=providers,
-                                        onnxruntime_version=import_onnxruntime().__version__,
-                                        graph_optimization=offline_level(level))
+        # what this runner opens must verify again; an engine that appeared meanwhile (a `build`
+        # beside it) is not what it opens, so it is not a change
+        again_built = built and select_ort_engine(artifacts, precision, source_path=again, providers=providers,
+                                                  onnxruntime_version=import_onnxruntime().__version__,
+                                                  graph_optimization=offline_level(level))
         if (again, again_built) != (path, built):
             raise IntegrityError(f"{runner.name}: the artifacts changed after the runner was opened "
                                  f"({(built or path).name} is no longer what was verified)",

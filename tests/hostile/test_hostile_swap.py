@@ -46,6 +46,22 @@ def test_a_model_swapped_between_deactivate_and_activate_is_refused(tmp_path):
     assert not runner.is_active
 
 
+def test_an_engine_built_beside_an_opened_runner_is_no_swap(tmp_path):
+    """The main job builds a model's precisions side by side: an fp32 engine that appears after
+    a runner of the plain model was opened is not what that runner opens, so it still activates
+    (the plain model verified again); the next runner opened takes the engine."""
+    from batchforge.cli import main
+
+    artifacts = tiny_artifacts(tmp_path / "artifacts")
+    runner = open_runner(artifacts, precision=FP32, backend="onnxruntime-cpu", threads=1)
+    assert ":built" not in runner.name
+    assert main(["build", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--no-speed-check",
+                 "--output-dir", str(artifacts.root)]) == 0
+    with runner:
+        runner.infer({"images": np.ones((1, 3, 8, 8), np.float32)})
+    assert ":built" in open_runner(artifacts, precision=FP32, backend="onnxruntime-cpu", threads=1).name
+
+
 def test_external_data_swapped_between_deactivate_and_activate_is_refused(tmp_path):
     artifacts = tiny_artifacts(tmp_path / "artifacts")
     point_external_data_at(artifacts, "weights.bin")
