@@ -23,7 +23,8 @@ def test_listed_failure_counts_unless_allowed_and_a_listed_pass_says_so(user_tin
     root = tmp_path / "artifacts"
     shutil.copytree(src_root, root)
     report = tmp_path / "parity.json"
-    args = ["parity", name, "--eval-size", "4", "--output-dir", str(root), "--report", str(report)]
+    args = ["parity", name, "--eval-size", "4", "--output-dir", str(root), "--report", str(report),
+            "--factory", "user_models:tiny_embedder"]
     monkeypatch.setitem(tolerances.KNOWN_FAILURES, (name, Precision.FP32), "listed by this test")
 
     assert main(args) == 0  # clean: passes, and the stale entry is pointed out
