@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from test_calibration_ladder import _fragile_model
 from user_models import tensors_spec
 
 from batchforge.calibration.criterion import GateCriterion, fewest_passing
@@ -97,24 +98,9 @@ def test_fewest_passing_finds_the_smallest_count_by_doubling_and_bisection():
 
 
 def _fragile(path):
-    """x's column 15 is a 1000x outlier that MatMul "fragile" ignores: int8 with one scale for x
-    wipes out the columns it uses; MatMul "robust" quantizes harmlessly."""
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(size=(16, 16)).astype(np.float32)
-    w1[15] = 0.0
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fragile"),
-         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-         helper.make_node("MatMul", ["r", "w2"], ["y"], name="robust")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
-        initializer=[numpy_helper.from_array(w1, "w1"),
-                     numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    items = rng.normal(size=(32, 16)).astype(np.float32) * 0.05
-    items[:, 15] = 1000.0
+    """test_calibration_ladder's model: x's column 15 is a 1000x outlier that MatMul "fragile"
+    ignores; int8 with one scale for x wipes out the columns it uses."""
+    _, items = _fragile_model(np.random.default_rng(0), path)
     return CalibrationData(tuple({"x": a} for a in items), "test", "0" * 64, synthetic=False)
 
 
