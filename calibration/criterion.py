@@ -28,6 +28,7 @@ import numpy as np
 
 from batchforge.metrics import compare_arrays, rowwise_cosine, tie_aware_scores
 from batchforge.runtime.artifacts import Precision
+from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.tolerances import Limit, at_least, limits_for, tensors_output_limits
 
 MEAN_REASON = ("calibrate --target-cosine: headroom for the gate's decoded checks, which need the "
@@ -63,11 +64,6 @@ class Verdict:
     min_cosine: float
     mean_cosine: float
     item_badness: tuple[float, ...] = ()  # per item, its worst share of a limit's room (see judge)
-
-    @property
-    def worst_margin(self) -> float:
-        """The smallest margin of any check (1.0 for a perfect candidate, < 0 failed)."""
-        return min((c.margin for c in self.checks), default=1.0)
 
     @property
     def damage(self) -> float:
@@ -112,17 +108,13 @@ class GateCriterion:
         return cls({}, target_mean_cosine=target)
 
     @classmethod
-    def for_spec(cls, spec: object, precision: Precision, target: float) -> GateCriterion:
+    def for_spec(cls, spec: ModelSpec, precision: Precision, target: float) -> GateCriterion:
         """The gate's limits for ``spec``'s family at ``precision`` (tensors: with the spec's
         per-output overrides)."""
-        from batchforge.runtime.spec import ModelSpec
-
-        assert isinstance(spec, ModelSpec)
         tier = limits_for(spec.family, precision)
         outputs = tuple(spec.outputs)
         if spec.family == "tensors":
             from batchforge.runtime.post.tensors import TensorsOptions
-            from batchforge.runtime.spec import parse_options
 
             options: TensorsOptions = parse_options(TensorsOptions, spec.postprocess, "tensors postprocess options")
             limits = {o: tensors_output_limits(tier, options.output(o), o, precision) for o in outputs}
@@ -134,24 +126,28 @@ class GateCriterion:
     def judge(self, names: Sequence[str], reference: Sequence[Sequence[np.ndarray]],
               candidate: Sequence[Sequence[np.ndarray]]) -> Verdict:
         """``reference``/``candidate``: per batch, the outputs in ``names`` order."""
-        per_item = [c for want, got in zip(reference, candidate) for a, b in zip(want, got)
-                    for c in rowwise_cosine(a, b)]
+        # per output, every item's cosine (batches may differ in shape: dynamic height and width)
+        rows_of = [np.concatenate([rowwise_cosine(want[p], got[p]) for want, got in zip(reference, candidate)])
+                   for p in range(len(names))]
+        per_item = np.concatenate(rows_of)
         # per item, how far it goes toward the limits: its cosine deficit and its largest error (as
         # a share of the output's largest |value|, as raw_max_rel) over the limit's room; the
         # worst output counts. Without limits: 1 - its lowest cosine.
-        badness = np.zeros(sum(len(batch[0]) for batch in reference)) if reference else np.zeros(0)
+        badness = 1.0 - np.min(rows_of, axis=0)  # replaced where an output has limits
+        limited = False
         checks: list[Measured] = []
         for position, name in enumerate(names):
             limits = self.limits.get(name)
             if not limits:
                 continue
-            # batches may differ in shape (a model with dynamic height and width): whole-output
-            # values over the flattened batches, item values batch by batch
+            if not limited:
+                badness, limited = np.zeros_like(badness), True
+            # whole-output values over the flattened batches, item values batch by batch
             refs = [batch[position] for batch in reference]
             gots = [batch[position] for batch in candidate]
             max_abs, max_rel, cosine = compare_arrays(np.concatenate([a.ravel() for a in refs]),
                                                       np.concatenate([b.ravel() for b in gots]))
-            rows = np.concatenate([rowwise_cosine(a, b) for a, b in zip(refs, gots)])
+            rows = rows_of[position]
             checks.append(Measured(f"raw_cosine[{name}]", cosine, limits["raw_cosine"]))
             row = limits.get(self.row_limit) if name in self.row_outputs else None
             room = 1.0 - (row or limits["raw_cosine"]).value
@@ -176,10 +172,6 @@ class GateCriterion:
                     if scores.overlap is not None:
                         checks.append(Measured(f"top{self.score_outputs[name]}_overlap[{name}]", scores.overlap,
                                                limits["topk_overlap"]))
-        if not any(self.limits.get(name) for name in names):
-            badness = 1.0 - np.min([np.concatenate([rowwise_cosine(want[p], got[p])
-                                                    for want, got in zip(reference, candidate)])
-                                    for p in range(len(names))], axis=0)
         mean = float(np.mean(per_item))
         checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
         return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(float(b) for b in badness))

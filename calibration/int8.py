@@ -5,10 +5,11 @@ each candidate (method x weight granularity, in the order given) is judged by th
 checks for the model's family on the calibration items (calibration/criterion.py) until one
 passes. If the winner fails, every quantized node is ranked by what its quantization alone does
 to the model's outputs: the FP32 graph with just that node's Q/DQ inputs spliced in (the same
-scales and int8 weights), scored as 1 - mean output cosine on the all-int8 candidate's two worst
-items. The fewest nodes of that ranking kept FP32 that make every check pass are searched by
-doubling and bisection, re-quantizing with the cached ranges; when none does, the candidate
-closest to passing is kept. Every step is recorded.
+scales and int8 weights), scored by the criterion's damage (how far it moves every check toward
+its limit), then by 1 - mean output cosine, on the all-int8 candidate's two worst items. The
+fewest nodes of that ranking kept FP32 that make every check pass are searched by doubling and
+bisection, re-quantizing with the cached ranges; when none does, the candidate closest to
+passing is kept. Every step is recorded.
 
 Ranking by the output effect replaced ranking by the error a node adds at its own output: that
 local error says nothing about how much of it survives to the outputs. Measured on
@@ -62,9 +63,9 @@ ENTROPY_LEVELS = 128
 class Int8Options:
     """method: one of METHODS, or several comma-separated (tried in order: the first that passes
     the gate criterion wins, else the closest);
-    weights: per-channel (default), per-tensor or both (per-channel tried first); target_cosine: the mean output cosine
-    against FP32 a candidate must reach besides the gate's checks; max_excluded: most nodes the
-    sensitivity pass may keep in FP32."""
+    weights: per-channel (default), per-tensor or both (per-channel tried first);
+    target_cosine: the mean output cosine against FP32 a candidate must reach besides the gate's
+    checks; max_excluded: most nodes the sensitivity pass may keep in FP32."""
 
     method: str = "percentile,minmax"
     target_cosine: float = 0.995
@@ -383,9 +384,8 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     ``calibrate`` gives the gate's checks for the model's family; default: the mean output cosine
     only). ``options.methods`` x ``options.granularities`` are quantized in full and judged by it
     in that order until one passes; the winner (that one, else the one closest to passing) is the
-    one searched: when it fails, the
-    fewest nodes of its sensitivity ranking kept FP32 that make it pass (``fewest_passing``), else
-    the best measured."""
+    one searched: when it fails, the fewest nodes of its sensitivity ranking kept FP32 that make
+    it pass (``fewest_passing``), else the best measured."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     criterion = criterion or GateCriterion.mean_only(options.target_cosine)
     reference = load_model(fp32_path)
@@ -410,8 +410,8 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
             trial.append((method, per_channel, judge(path), path))
             if trial[-1][2].passed:  # the first listed that passes wins: the rest need not be tried
                 break
-        passing = [t for t in trial if t[2].passed]  # else the closest to passing
-        method, per_channel, verdict0, _ = passing[0] if passing else min(
+        # the last one tried if it passed, else the closest to passing
+        method, per_channel, verdict0, winner = trial[-1] if trial[-1][2].passed else min(
             trial, key=lambda t: (t[2].rank_key(), -t[2].mean_cosine))
         cache = cache_of(method)
         verdicts: dict[int, Verdict] = {}
@@ -427,7 +427,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                 steps.append({"excluded": k, **verdicts[k].as_dict()})
             return verdicts[k]
 
-        shutil.copyfile(next(t[3] for t in trial if t[2] is verdict0), Path(tmp) / "excluded0.onnx")
+        shutil.copyfile(winner, Path(tmp) / "excluded0.onnx")
         verdicts[0] = verdict0
         steps.append({"excluded": 0, **verdict0.as_dict()})
         needed = options.max_excluded > 0 and not verdict0.passed
@@ -435,6 +435,7 @@ def calibrate_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
         focus_items = sorted(int(i) for i in np.argsort(-np.asarray(verdict0.item_badness),
                                                         kind="stable")[:SENSITIVITY_ITEMS])
         focus = dataclasses.replace(data, feeds=tuple(data.feeds[i] for i in focus_items))
+
         def damage(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
             return criterion.judge(outputs, want, got).damage
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import numpy as np
 import onnx
 from helpers import tiny_embedder_onnx, tiny_spec, write_artifact
 
+from batchforge.runtime import images
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, write_json_atomic
 
 BACKEND = ["--backend", "onnxruntime-cpu", "--threads", "1"]
@@ -77,3 +81,28 @@ def point_external_data_at(artifacts: ModelArtifacts, location: str) -> None:
                 entry.value = location
     onnx.save(saved, str(path))
     rerecord(artifacts)
+
+
+def refusal_peak_mib(path, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> tuple[str, float]:
+    """(refusal line, peak resident MiB) of ``read_image(path)`` in a fresh Python.
+
+    ru_maxrss counts a forked child's pages copied from its parent (pytest: ~170 MB), so the
+    child is started by a bare Python that reports the peak of its own children."""
+    script = textwrap.dedent(f"""
+        from batchforge.errors import InputValidationError
+        from batchforge.runtime.images import read_image
+        try:
+            read_image({str(path)!r}, max_pixels={max_pixels})
+        except InputValidationError as exc:
+            print(exc.one_line())
+    """)
+    launcher = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    message, peak_kib = done.stdout.splitlines()
+    return message, int(peak_kib) / 1024
+
+
+# case 1: a TIFF that lists its width/height twice -------------------------------------------

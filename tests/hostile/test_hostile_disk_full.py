@@ -14,6 +14,14 @@ from batchforge.runtime.artifacts import ModelArtifacts, Precision
 FULL = OSError(errno.ENOSPC, "No space left on device")
 
 
+def _export(tmp_path, out, capsys) -> tuple[int, str]:
+    """``export`` of the tiny user model into ``out``: (exit code, stderr)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_dict()))
+    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
+    return code, capsys.readouterr().err
+
+
 def _leftovers(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -34,11 +42,8 @@ def test_export_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch
                               'message: "No space left on device" })')
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_dict()))
     out = tmp_path / "out"
-    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
-    err = capsys.readouterr().err
+    code, err = _export(tmp_path, out, capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "batchforge export: error: could not write " in err
     assert "/reference.safetensors: No space left on device (errno 28 ENOSPC)" in err
@@ -53,11 +58,8 @@ def test_an_unnamed_oserror_names_the_staging_folder(tmp_path, monkeypatch, caps
         raise OSError(errno.ENOSPC, "No space left on device")  # a library's writer, no filename
 
     monkeypatch.setattr(exporter, "export_onnx", full)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_dict()))
     out = tmp_path / "out"
-    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
-    err = capsys.readouterr().err
+    code, err = _export(tmp_path, out, capsys)
     assert code == 2 and "Traceback" not in err
     assert f"could not write {out}/.user_tiny.export." in err and "(errno 28 ENOSPC)" in err
     assert _leftovers(out) == []
@@ -71,11 +73,8 @@ def test_a_full_disk_under_torch_onnx_export_is_not_an_exporter_failure(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch.onnx, "export", full)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_dict()))
     out = tmp_path / "out"
-    code = main(["export", "--factory", "user_models:tiny_embedder", "--spec", str(spec), "--output-dir", str(out)])
-    err = capsys.readouterr().err
+    code, err = _export(tmp_path, out, capsys)
     assert code == 2 and "Traceback" not in err and "both exporters" not in err
     assert f"could not write {out}/.user_tiny.export." in err
     assert "/model.fp32.onnx: No space left on device (errno 28 ENOSPC)" in err

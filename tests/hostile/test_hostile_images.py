@@ -3,14 +3,11 @@ is applied from the header, before anything is decoded."""
 
 import io
 import json
-import subprocess
-import sys
-import textwrap
 
 import cv2
 import numpy as np
 import pytest
-from hostile_files import BACKEND, good_images, png_claiming, tiny_artifacts, zero_png
+from hostile_files import BACKEND, good_images, png_claiming, refusal_peak_mib, tiny_artifacts, zero_png
 
 from batchforge.cli import main
 from batchforge.errors import InputValidationError
@@ -99,25 +96,10 @@ def test_a_20000_squared_png_is_refused_from_its_header_in_under_100_mb(tmp_path
     path = tmp_path / "zeros.png"
     zero_png(path, 20_000)
     assert path.stat().st_size < 2_000_000  # small file, 400 MB of pixels
-    script = textwrap.dedent(f"""
-        from batchforge.errors import InputValidationError
-        from batchforge.runtime.images import read_image
-        try:
-            read_image({str(path)!r})
-        except InputValidationError as exc:
-            print(exc.one_line())
-    """)
-    # ru_maxrss counts a forked child's pages copied from its parent (pytest: ~170 MB), so the
-    # child is started by a bare Python that reports the peak of its own children
-    launcher = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-c", script],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    message, peak_kib = done.stdout.splitlines()
+    message, peak_mib = refusal_peak_mib(path)
     assert "20000x20000 = 400,000,000 pixels, above the limit of 40,000,000" in message
-    assert int(peak_kib) < 100 * 1024, f"peak RSS {int(peak_kib) / 1024:.0f} MiB"
-    print(f"peak RSS refusing the 20000x20000 PNG: {int(peak_kib) / 1024:.1f} MiB")
+    assert peak_mib < 100, f"peak RSS {peak_mib:.0f} MiB"
+    print(f"peak RSS refusing the 20000x20000 PNG: {peak_mib:.1f} MiB")
 
 
 def _riff_chunk(kind: bytes, data: bytes) -> bytes:

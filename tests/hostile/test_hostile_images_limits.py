@@ -6,13 +6,10 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
-import textwrap
 import zlib
 
 import pytest
-from hostile_files import BACKEND, good_images, png_claiming, tiny_artifacts
+from hostile_files import BACKEND, good_images, png_claiming, refusal_peak_mib, tiny_artifacts
 
 from batchforge.cli import main
 from batchforge.errors import InputValidationError
@@ -58,29 +55,6 @@ def _run(tmp_path, *extra):
     return code, records
 
 
-def _peak_mib(path, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> tuple[str, float]:
-    """(refusal line, peak resident MiB) of ``read_image(path)`` in a fresh Python.
-
-    ru_maxrss counts a forked child's pages copied from its parent (pytest: ~170 MB), so the
-    child is started by a bare Python that reports the peak of its own children."""
-    script = textwrap.dedent(f"""
-        from batchforge.errors import InputValidationError
-        from batchforge.runtime.images import read_image
-        try:
-            read_image({str(path)!r}, max_pixels={max_pixels})
-        except InputValidationError as exc:
-            print(exc.one_line())
-    """)
-    launcher = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-c", script],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    message, peak_kib = done.stdout.splitlines()
-    return message, int(peak_kib) / 1024
-
-
-# case 1: a TIFF that lists its width/height twice -------------------------------------------
 def test_a_tiff_listing_its_size_twice_costs_only_its_own_record(tmp_path, capsys):
     tiny_artifacts(tmp_path / "artifacts")
     good_images(tmp_path / "in", 3)
@@ -98,7 +72,7 @@ def test_a_tiff_listing_a_huge_size_first_is_refused_before_decoding(tmp_path):
     path = tmp_path / "twice.tiff"
     path.write_bytes(tiff_listing_twice(12_000, 12_000))  # 144 megapixels behind a 40x40 second entry
     assert path.stat().st_size < 300_000
-    message, peak = _peak_mib(path)
+    message, peak = refusal_peak_mib(path)
     assert "TIFF page 1 lists ImageWidth (256) twice" in message
     assert peak < 100, f"peak RSS {peak:.0f} MiB"
     print(f"peak RSS refusing a 12000x12000 TIFF that also lists 40x40: {peak:.1f} MiB")
@@ -155,7 +129,7 @@ def test_a_sparse_png_is_refused_before_it_is_read(tmp_path):
     path = tmp_path / "huge.png"
     sparse_png(path, 256 * 2**20)
     assert path.stat().st_blocks * 512 < 1_000_000  # sparse: 256 MiB long, a few KB on disk
-    message, peak = _peak_mib(path)
+    message, peak = refusal_peak_mib(path)
     assert "file is 268,435,456 bytes, above the 16,802,816 bytes a 40x40 PNG can take" in message
     assert peak < 100, f"peak RSS {peak:.0f} MiB"
     print(f"peak RSS refusing a 256 MiB sparse 40x40 PNG: {peak:.1f} MiB")
