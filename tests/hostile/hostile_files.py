@@ -106,3 +106,15 @@ def refusal_peak_mib(path, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> tuple
 
 
 # case 1: a TIFF that lists its width/height twice -------------------------------------------
+
+
+def run_tiny(tmp_path: Path, *extra: str) -> tuple[int, list[dict] | None]:
+    """``run`` of the tiny model (tmp_path/artifacts) over tmp_path/in: (exit code, JSONL records
+    or None when no output file was written)."""
+    from batchforge.cli import main
+
+    out = tmp_path / "r.jsonl"
+    code = main(["run", "tiny", "--input", str(tmp_path / "in"), "--output", str(out),
+                 "--output-dir", str(tmp_path / "artifacts"), "--batch-size", "2", *BACKEND, *extra])
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else None
+    return code, records

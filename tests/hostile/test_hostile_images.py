@@ -2,25 +2,15 @@
 is applied from the header, before anything is decoded."""
 
 import io
-import json
 
 import cv2
 import numpy as np
 import pytest
-from hostile_files import BACKEND, good_images, png_claiming, refusal_peak_mib, tiny_artifacts, zero_png
+from hostile_files import good_images, png_claiming, refusal_peak_mib, run_tiny, tiny_artifacts, zero_png
 
-from batchforge.cli import main
 from batchforge.errors import InputValidationError
 from batchforge.runtime import images
 from batchforge.runtime.image_header import read_header
-
-
-def _run(tmp_path, *extra):
-    out = tmp_path / "r.jsonl"
-    code = main(["run", "tiny", "--input", str(tmp_path / "in"), "--output", str(out),
-                 "--output-dir", str(tmp_path / "artifacts"), "--batch-size", "2", *BACKEND, *extra])
-    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else None
-    return code, records
 
 
 def test_a_header_claiming_100000_squared_costs_only_its_own_record(tmp_path, capsys):
@@ -29,7 +19,7 @@ def test_a_header_claiming_100000_squared_costs_only_its_own_record(tmp_path, ca
     bomb = png_claiming(100_000, 100_000)
     assert len(bomb) < 70  # the tester's file was 69 bytes
     (tmp_path / "in" / "bomb.png").write_bytes(bomb)
-    code, records = _run(tmp_path)
+    code, records = run_tiny(tmp_path)
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [r["source"].rsplit("/", 1)[1] for r in records] == ["bomb.png", *(f"good{i}.png" for i in range(5))]
@@ -48,7 +38,7 @@ def test_a_decoder_error_becomes_that_inputs_record(tmp_path, monkeypatch):
         return real(buf, flags)
 
     monkeypatch.setattr(images.cv2, "imdecode", failing)
-    code, records = _run(tmp_path)
+    code, records = run_tiny(tmp_path)
     assert code == 1 and [r["ok"] for r in records] == [True, False, True]
     assert "OpenCV could not decode it" in records[1]["error"]["message"]
 
@@ -66,7 +56,7 @@ def test_any_exception_while_preparing_an_input_is_its_record(tmp_path, monkeypa
         return real(self, source)
 
     monkeypatch.setattr(Pipeline, "load", load)
-    code, records = _run(tmp_path)
+    code, records = run_tiny(tmp_path)
     assert code == 1 and [r["ok"] for r in records] == [False, True]
     assert records[0]["error"] == {"type": "InputValidationError",
                                    "message": records[0]["source"] + ": could not be read (MemoryError): planted"}

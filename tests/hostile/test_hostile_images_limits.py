@@ -3,15 +3,13 @@
 refused before it is read, the read itself bounded."""
 
 import io
-import json
 import os
 import struct
 import zlib
 
 import pytest
-from hostile_files import BACKEND, good_images, png_claiming, refusal_peak_mib, tiny_artifacts
+from hostile_files import good_images, png_claiming, refusal_peak_mib, run_tiny, tiny_artifacts
 
-from batchforge.cli import main
 from batchforge.errors import InputValidationError
 from batchforge.runtime import images
 from batchforge.runtime.image_header import read_header
@@ -47,19 +45,11 @@ def sparse_png(path, size: int) -> None:
     os.truncate(path, size)
 
 
-def _run(tmp_path, *extra):
-    out = tmp_path / "r.jsonl"
-    code = main(["run", "tiny", "--input", str(tmp_path / "in"), "--output", str(out),
-                 "--output-dir", str(tmp_path / "artifacts"), "--batch-size", "2", *BACKEND, *extra])
-    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else None
-    return code, records
-
-
 def test_a_tiff_listing_its_size_twice_costs_only_its_own_record(tmp_path, capsys):
     tiny_artifacts(tmp_path / "artifacts")
     good_images(tmp_path / "in", 3)
     (tmp_path / "in" / "twice.tiff").write_bytes(tiff_listing_twice(3000, 2000))  # decodes fine as 3000x2000
-    code, records = _run(tmp_path)
+    code, records = run_tiny(tmp_path)
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [r["source"].rsplit("/", 1)[1] for r in records] == ["good0.png", "good1.png", "good2.png", "twice.tiff"]
@@ -113,7 +103,7 @@ def test_sparse_pngs_larger_than_their_pixels_cost_only_their_records(tmp_path, 
     good_images(tmp_path / "in", 3)
     sparse_png(tmp_path / "in" / "huge0.png", 2 * 2**30)  # the issue's 2 GiB: above the pixel limit's bound
     sparse_png(tmp_path / "in" / "huge1.png", 300 * 2**20)  # below it, above what 40x40 pixels can take
-    code, records = _run(tmp_path, "--workers", "2")
+    code, records = run_tiny(tmp_path, "--workers", "2")
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [r["ok"] for r in records] == [True, True, True, False, False]
