@@ -141,6 +141,10 @@ def _run(args: argparse.Namespace, precision: Precision,
             })
         if data.synthetic:
             print(f"WARNING {name}: {SYNTHETIC_WARNING}", file=sys.stderr)
+        if details.get("effect", {}).get("quantize_nodes") == 0:
+            print(f"WARNING {name}: every quantizable node stayed FP32 for the gate's checks to pass on the "
+                  f"calibration items, so {out.name} computes in FP32: int8 gains nothing over fp32 here",
+                  file=sys.stderr)
         print(f"{precision.value} {name:24} {time.perf_counter() - start:6.1f}s  {_summary(details)} "
               f"-> {out}", flush=True)
         del data, pipeline

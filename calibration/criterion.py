@@ -10,9 +10,12 @@ graph, which agrees with that reference to ~1e-5, far inside any int8 limit. Per
   left out for outputs of one value per item, as the gate leaves it);
 - ``max_abs[o]``, ``argmax_agreement[o]``, ``top{k}_overlap[o]``: family ``tensors`` where the spec
   declares the limit or the output as class scores (tie-aware, as the gate);
+- the family's decoded checks that need nothing but the outputs: ``mtcnn`` stage networks
+  (``face_prob_abs_max``, ``threshold_agreement`` on the stage's face threshold and, for O-Net,
+  ``landmark_crop_px_max``), as the gate's per-stage checks;
 - ``mean_output_cosine``: the mean over items and outputs must reach ``--target-cosine`` too:
-  headroom for the checks the gate decodes (boxes, keypoints, maps), which need the family's
-  reference decoding and do not run here.
+  headroom for the checks the gate decodes with the family's reference decoding (boxes,
+  keypoints, maps), which do not run here.
 
 A candidate passes when every check passes. Candidates that fail are ordered by how many checks
 fail, then by the worst normalised shortfall, so "best measured" means closest to the gate.
@@ -101,6 +104,8 @@ class GateCriterion:
     row_limit: str = "row_cosine"
     score_outputs: Mapping[str, int] = field(default_factory=dict)
     target_mean_cosine: float = 0.995
+    mtcnn_stage: str | None = None  # an MTCNN network: its decoded stage checks, at ``decoded_limits``
+    decoded_limits: Mapping[str, Limit] = field(default_factory=dict)
 
     @classmethod
     def mean_only(cls, target: float) -> GateCriterion:
@@ -121,7 +126,9 @@ class GateCriterion:
             scores = {o: options.top_k for o in outputs if options.output(o).kind.is_scores}
             return cls(limits, outputs, "row_cosine", scores, target)
         row = ROW_LIMIT.get(spec.family)
-        return cls({o: tier for o in outputs}, outputs if row else (), row or "row_cosine", {}, target)
+        stage = str(spec.postprocess.get("stage", "pnet")) if spec.family == "mtcnn" else None
+        return cls({o: tier for o in outputs}, outputs if row else (), row or "row_cosine", {}, target,
+                   stage, tier if stage else {})
 
     def judge(self, names: Sequence[str], reference: Sequence[Sequence[np.ndarray]],
               candidate: Sequence[Sequence[np.ndarray]]) -> Verdict:
@@ -172,9 +179,39 @@ class GateCriterion:
                     if scores.overlap is not None:
                         checks.append(Measured(f"top{self.score_outputs[name]}_overlap[{name}]", scores.overlap,
                                                limits["topk_overlap"]))
+        if self.mtcnn_stage is not None:
+            decoded, item_share = self._mtcnn_checks(names, reference, candidate)
+            checks += decoded
+            badness = np.maximum(badness, item_share)
         mean = float(np.mean(per_item))
         checks.append(Measured("mean_output_cosine", mean, at_least(self.target_mean_cosine, MEAN_REASON)))
         return Verdict(tuple(checks), float(np.min(per_item)), mean, tuple(float(b) for b in badness))
+
+    def _mtcnn_checks(self, names: Sequence[str], reference: Sequence[Sequence[np.ndarray]],
+                      candidate: Sequence[Sequence[np.ndarray]]) -> tuple[list[Measured], np.ndarray]:
+        """The gate's per-stage checks of an MTCNN network (parity/mtcnn.py) on the outputs, and
+        per item its largest probability error as a share of the limit."""
+        from batchforge.runtime.post.mtcnn import LANDMARK_CROP_PX, face_probability, stage_threshold
+
+        assert self.mtcnn_stage is not None
+        limits, cut = self.decoded_limits, stage_threshold(self.mtcnn_stage)
+
+        def side(batches: Sequence[Sequence[np.ndarray]], output: str) -> list[np.ndarray]:
+            return [batch[names.index(output)] for batch in batches]
+
+        want = [face_probability(a) for a in side(reference, "face_logit")]
+        got = [face_probability(b) for b in side(candidate, "face_logit")]
+        per_item = np.concatenate([np.abs(a.astype(np.float64) - b).reshape(len(a), -1).max(axis=1)
+                                   for a, b in zip(want, got)])
+        flat_want, flat_got = (np.concatenate([x.ravel() for x in xs]) for xs in (want, got))
+        checks = [Measured("face_prob_abs_max", float(per_item.max(initial=0.0)), limits["face_prob_abs_max"]),
+                  Measured("threshold_agreement", float(np.mean((flat_want > cut) == (flat_got > cut))),
+                           limits["threshold_agreement"])]
+        if "landmarks" in names and "landmark_crop_px_max" in limits:
+            error = max(float(np.max(np.abs(a.astype(np.float64) - b))) * LANDMARK_CROP_PX
+                        for a, b in zip(side(reference, "landmarks"), side(candidate, "landmarks")))
+            checks.append(Measured("landmark_crop_px_max", error, limits["landmark_crop_px_max"]))
+        return checks, per_item / (limits["face_prob_abs_max"].value or 1.0)
 
 
 def fewest_passing(count: int, passes: Callable[[int], bool]) -> int | None:

@@ -61,7 +61,6 @@ from batchforge.tolerances import limits_for
 STAGE_EVAL_SIZE = {"pnet": 6, "rnet": 96, "onet": 96}
 PHOTOGRAPHS = 6  # astronaut, camera and 4 LFW mosaics
 MATCH_IOU = 0.5  # a face of ours and one of facenet-pytorch's are the same face at IoU >= 0.5
-THRESHOLDS = {"pnet": 0.6, "rnet": 0.7, "onet": 0.7}  # facenet-pytorch's defaults
 ONET_NMS_OVERLAP = 0.7  # its last NMS: "Min" overlap threshold
 
 
@@ -243,14 +242,14 @@ class MtcnnParity(FamilyParity):
         stage = str(ctx.spec.postprocess.get("stage", "pnet"))
         ref = torch.sigmoid(torch.from_numpy(ctx.reference.raw["face_logit"]).double()).numpy()
         eng = post.face_probability(ctx.engine.raw["face_logit"])
-        cut = THRESHOLDS[stage]
+        cut = post.stage_threshold(stage)  # facenet-pytorch's defaults
         agree = float(np.mean((ref > cut) == (eng > cut)))
         checks = [Check("face_prob_abs_max", float(np.max(np.abs(ref - eng))), ctx.limits["face_prob_abs_max"],
                         f"{ref.size} probabilities"),
                   Check("threshold_agreement", agree, ctx.limits["threshold_agreement"],
                         f"same side of {stage}'s {cut} on {ref.size} probabilities")]
         if "landmarks" in ctx.spec.outputs:
-            err = np.abs(ctx.reference.raw["landmarks"] - ctx.engine.raw["landmarks"]) * 48.0
+            err = np.abs(ctx.reference.raw["landmarks"] - ctx.engine.raw["landmarks"]) * post.LANDMARK_CROP_PX
             checks.append(Check("landmark_crop_px_max", float(err.max()), ctx.limits["landmark_crop_px_max"],
                                 "O-Net landmarks in pixels of its 48x48 crop"))
         return checks

@@ -21,6 +21,7 @@ PIXEL_MEAN = 127.5  # the networks take (pixel - 127.5) / 128
 PIXEL_SCALE = 0.0078125
 CELL, STRIDE = 12, 2  # P-Net: one 12x12 window per output cell, stride 2
 RNET_SIZE, ONET_SIZE = 24, 48
+LANDMARK_CROP_PX = ONET_SIZE  # O-Net landmarks are fractions of its 48x48 crop
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = _average_matrix(pixels.shape[0], height) @ pixels.reshape(pixels.shape[0], -1)
     return np.matmul(_average_matrix(pixels.shape[1], width)[None],
                      rows.reshape(height, pixels.shape[1], -1))
+
+
+def stage_threshold(stage: str, options: MtcnnOptions | None = None) -> float:
+    """The face probability cut of one network (``pnet``/``rnet``/``onet``) at ``options``."""
+    return (options or MtcnnOptions()).thresholds[("pnet", "rnet", "onet").index(stage)]
 
 
 def face_probability(face_logit: np.ndarray) -> np.ndarray:

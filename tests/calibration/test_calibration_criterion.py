@@ -160,3 +160,49 @@ def test_batches_of_different_shapes_are_judged_whole_and_item_by_item():
     verdict = criterion.judge(["m"], ref, got)
     assert "row_cosine_min[m]" in verdict.failed and len(verdict.item_badness) == 5
     assert int(np.argmax(verdict.item_badness)) == 4
+
+
+def _stage_spec(stage: str) -> ModelSpec:
+    outputs = ("offsets", "face_logit", *(("landmarks",) if stage == "onet" else ()))
+    return ModelSpec.from_dict({**tensors_spec(f"mtcnn_{stage}", outputs), "family": "mtcnn",
+                                "postprocess": {"stage": stage}})
+
+
+def test_an_mtcnn_stage_is_judged_on_its_face_probability_as_the_gate_judges_it():
+    """P-Net int8 passed every raw check at calibration and then failed the gate's
+    face_prob_abs_max (0.28 on photographs): the criterion now has the gate's stage checks."""
+    rng = np.random.default_rng(1)
+    names = ["offsets", "face_logit", "landmarks"]
+    criterion = GateCriterion.for_spec(_stage_spec("onet"), Precision.INT8, 0.98)
+    assert criterion.mtcnn_stage == "onet"
+    ref = [[rng.normal(size=(8, 4)).astype(np.float32), rng.normal(0, 3, size=(8, 1)).astype(np.float32),
+            rng.uniform(0, 1, size=(8, 10)).astype(np.float32)] for _ in range(2)]
+    clean = criterion.judge(names, ref, ref)
+    assert clean.passed and {"face_prob_abs_max", "threshold_agreement", "landmark_crop_px_max"} <= {
+        c.name for c in clean.checks}
+    got = [[a.copy() for a in batch] for batch in ref]
+    # one logit moved by 0.3 near the steepest point of the sigmoid: its probability moves by 0.074
+    # (both under O-Net's 0.7) while the logit output's raw checks stay within the int8 tier
+    ref[1][1][2, 0], got[1][1][2, 0] = 0.1, 0.4
+    verdict = criterion.judge(names, ref, got)
+    assert verdict.failed == ["face_prob_abs_max"], verdict.failed
+    assert int(np.argmax(verdict.item_badness)) == 10  # batch 2, item 3: the item that moved
+    got = [[a.copy() for a in batch] for batch in ref]
+    got[0][2][5, 3] += 3.0 / 48  # 3 px of the 48 px crop
+    assert criterion.judge(names, ref, got).failed == ["landmark_crop_px_max"]
+    pnet = GateCriterion.for_spec(_stage_spec("pnet"), Precision.INT8, 0.98)
+    assert [c.name for c in pnet.judge(names[:2], [b[:2] for b in ref], [b[:2] for b in ref]).checks
+            if c.name.startswith(("face", "threshold", "landmark"))] == ["face_prob_abs_max", "threshold_agreement"]
+
+
+def test_small_inputs_are_judged_on_more_items_than_large_ones():
+    from batchforge.calibration.int8 import EVAL_ITEMS, eval_items
+
+    def data(shape, count):
+        feeds = tuple({"x": np.zeros(shape, np.float32)} for _ in range(count))
+        return CalibrationData(feeds, "t", "0" * 64, False)
+
+    assert eval_items(data((3, 224, 224), 100)) == EVAL_ITEMS
+    assert eval_items(data((3, 640, 640), 100)) == EVAL_ITEMS  # never fewer than 16
+    assert eval_items(data((3, 24, 24), 100)) == 100  # all of them: 100 R-Net crops are 0.17 MB
+    assert eval_items(data((3, 24, 24), 5)) == 5
