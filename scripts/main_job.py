@@ -173,6 +173,21 @@ def zoo() -> tuple[list[dict], list[dict]]:
     return [r for r in rows if "ensemble" not in r], [r for r in rows if "ensemble" in r]
 
 
+def resolve_backend(requested: str) -> str:
+    """``auto`` decided once for every stage, and said once (each `build --backend auto` would say
+    it again: 46 times on a fresh clone without TensorRT)."""
+    if requested != "auto":
+        return requested
+    from batchforge.runtime.backends import Backend, probe_backends
+
+    status = next(s for s in probe_backends() if s.backend is Backend.TENSORRT)
+    if status.available:
+        return Backend.TENSORRT.value
+    print(f"main job: backend auto -> onnxruntime: TensorRT is not usable here ({status.detail}); every "
+          "stage builds and runs the ONNX Runtime artifacts", file=sys.stderr, flush=True)
+    return Backend.ONNXRUNTIME.value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="auto", help="backend for build, parity and run (default: auto)")
@@ -186,6 +201,7 @@ def main() -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     os.chdir(ROOT)
+    args.backend = resolve_backend(args.backend)
     models, ensembles = zoo()
     SAMPLER.start()
     families = sorted({m["family"] for m in models})
@@ -209,8 +225,7 @@ def main() -> int:
                                                  for lane in balanced(models, "calibrate", args.jobs)])[1]
     if not args.skip_build:
         start = time.perf_counter()
-        build_backend = "tensorrt" if args.backend == "tensorrt" else "auto"
-        pooled([["build", model["name"], "--precision", precision, "--backend", build_backend, *out]
+        pooled([["build", model["name"], "--precision", precision, "--backend", args.backend, *out]
                 for model in models for precision in precisions], args.jobs)
         timings["build"] = time.perf_counter() - start
     speeds = {}

@@ -53,3 +53,21 @@ def test_the_costlier_ensemble_gets_the_own_lane(main_job):
     models = [*MODELS, {"name": "mtcnn_pnet"}]
     assert main_job.lanes(models, both, 2)[0] == ["reid_ensemble"]
     assert "mtcnn" in main_job.lanes(models, both, 2)[1]
+
+
+def test_backend_auto_is_decided_and_said_once_for_every_stage(main_job, capsys):
+    """The main job passes one resolved backend to each build/parity/bench/run command: a fresh
+    clone without TensorRT printed `backend auto -> onnxruntime ...` once per build (46 times)."""
+    from batchforge.runtime.backends import Backend, probe_backends
+
+    assert main_job.resolve_backend("onnxruntime") == "onnxruntime"
+    assert main_job.resolve_backend("tensorrt") == "tensorrt"
+    assert capsys.readouterr().err == ""
+    trt = next(s for s in probe_backends() if s.backend is Backend.TENSORRT)
+    chosen = main_job.resolve_backend("auto")
+    err = capsys.readouterr().err
+    if trt.available:
+        assert chosen == "tensorrt" and err == ""
+    else:
+        assert chosen == "onnxruntime"
+        assert err.count("TensorRT is not usable here") == 1 and err.startswith("main job: backend auto")
