@@ -16,7 +16,11 @@ and ONNX Runtime's intra-op threads (batchforge turns ORT's spinning off under t
 instead of spinning on the core the other command needs; it changes no result. Measured on
 2 cores, four small models: export 126 s sequential, 140 s as two commands with spinning threads,
 103 s with passive ones; int8 calibration of keypoints + facepose 171 s vs 128 s.
-The parity gate runs once over the whole zoo.
+The parity gate runs once over the whole zoo. Then a trained network from outside the zoo goes
+through the same stages as a user's model would (``export --factory`` with a ``tensors`` spec,
+calibrated and gated on real photographs, no known failures allowed): PP-OCR's text-direction
+classifier from the rapidocr-onnxruntime 1.4.4 wheel, rebuilt in PyTorch by onnx2torch
+(scripts/trained_int8/). The job's exit status is the worse of the two gates.
 """
 
 from __future__ import annotations
@@ -238,9 +242,55 @@ def main() -> int:
                                         args.precisions, "--report", str(report), "--allow-known-failures", *out,
                                         check=False)
     runs = run_samples(models, ensembles, args, out)
+    start = time.perf_counter()
+    trained_reports, trained_code = trained_lane(precisions, args, out, speeds)
+    timings["trained"] = time.perf_counter() - start
     SAMPLER.stop()
-    print_summary(report, runs, timings, speeds)
-    return parity_code
+    print_summary([report, *trained_reports], runs, timings, speeds)
+    return worst_exit(parity_code, trained_code)
+
+
+TRAINED = ROOT / "scripts" / "trained_int8"
+TRAINED_MODELS = {"ppocr_cls": "cls"}  # model -> its data set in make_data.py
+
+
+def trained_lane(precisions: list[str], args: argparse.Namespace, out: list[str],
+                 speeds: dict[str, dict[str, float]]) -> tuple[list[Path], int]:
+    """The trained networks from outside the zoo, each as a user brings one: its factory module on
+    PYTHONPATH, ``export --factory --spec``, convert/calibrate on its calibration photographs, build,
+    bench and the gate on held-out photographs (no known failures allowed).
+    Returns (one parity report per model, the worst gate exit)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRAINED), os.environ.get("PYTHONPATH")]))
+    data = Path("samples/trained")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(TRAINED / "make_data.py"), str(data), "--seed", "0"], cwd=ROOT, check=True)
+    print(f"trained-model photographs with rendered words -> {data} ({time.perf_counter() - start:.1f}s)", flush=True)
+    reports, codes = [], []
+    for model, kind in TRAINED_MODELS.items():
+        factory = ("--factory", f"ocr_models:{model}")
+        sh("export", *factory, "--spec", str(TRAINED / f"{model}.json"), *out)
+        calib = str(data / f"{kind}_calib")
+        if "fp16" in precisions:
+            sh("convert", model, "--data", calib, *out)
+        if "int8" in precisions:
+            sh("calibrate", model, "--data", calib, *out)
+        if not args.skip_build:
+            for precision in precisions:
+                sh("build", model, "--precision", precision, "--backend", args.backend, *out)
+        if len(precisions) > 1 and "fp32" in precisions:
+            profile = json.loads((TRAINED / f"{model}.json").read_text())["profile"]
+            speeds.update(bench_precisions([{"name": model, "profile": [profile["min"], profile["opt"]]}],
+                                           precisions, args, out))
+        reports.append(Path(args.reports) / f"trained.{model}.parity.json")
+        codes.append(sh("parity", model, "--backend", args.backend, "--precision", ",".join(precisions),
+                        "--data", str(data / f"{kind}_eval"), "--report", str(reports[-1]), *factory, *out,
+                        check=False)[0])
+    return reports, worst_exit(*codes)
+
+
+def worst_exit(*codes: int) -> int:
+    """2 (could not run) over 1 (a check failed) over 0."""
+    return 2 if 2 in codes else max(codes)
 
 
 BENCH_REPEATS = 3
@@ -298,20 +348,23 @@ def _run(name: str, inputs: str, run_dir: Path, args: argparse.Namespace, out: l
     return info
 
 
-def print_summary(report: Path, runs: dict, timings: dict[str, float],
+def print_summary(reports: list[Path], runs: dict, timings: dict[str, float],
                   speeds: dict[str, dict[str, float]] | None = None) -> None:
+    """``reports``: the zoo's parity report first, then the trained models' (a missing one is
+    reported as such)."""
     print("\n" + "=" * 78 + "\nbatchforge main job summary\n" + "=" * 78)
-    parity = json.loads(report.read_text()) if report.is_file() else {"reports": [], "verdict": "missing"}
+    gates = {report: (json.loads(report.read_text()) if report.is_file() else {"reports": [], "verdict": "missing"})
+             for report in reports}
     by_model: dict[str, dict[str, str]] = {}
     details = []  # failing checks, listed under the table so the columns stay aligned
-    for r in parity["reports"]:
+    for r in (r for parity in gates.values() for r in parity["reports"]):
         failing = [c["name"] for c in r["checks"] if not c["passed"]]
         cell = "pass" if r["status"] == "passed" else ("known" if r["status"] == "KNOWN FAILURE" else "FAIL")
         by_model.setdefault(r["model"], {})[r["precision"]] = cell
         if cell != "pass":
             details.append(f"  {cell:5} {r['model']} [{r['precision']}]: "
                            + (", ".join(failing) or r["status"]))
-    precisions = list(dict.fromkeys(r["precision"] for r in parity["reports"]))
+    precisions = list(dict.fromkeys(r["precision"] for parity in gates.values() for r in parity["reports"]))
     width = max([24, *(len(n) for n in set(by_model) | set(runs))])
     speeds = speeds or {}
     faster = [p for p in precisions if p != "fp32"] if speeds else []
@@ -338,7 +391,8 @@ def print_summary(report: Path, runs: dict, timings: dict[str, float],
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(PEAK_RSS.items(), key=lambda kv: -kv[1])))
     if SAMPLER.peak is not None:
         print(f"peak resident memory of all concurrent commands together: {SAMPLER.peak:.2f} GiB")
-    print(f"parity verdict: {parity.get('verdict')} (report: {report}, {report.with_suffix('.md')})")
+    for report, parity in gates.items():
+        print(f"parity verdict: {parity.get('verdict')} (report: {report}, {report.with_suffix('.md')})")
 
 
 def _ratio(value: float | None) -> str:

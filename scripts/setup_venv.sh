@@ -18,6 +18,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # the MTCNN weights and reference detector; its metadata pins torch<2.3 and numpy<2 (it runs
   # with the locked ones), so it comes without dependencies, on the export/parity side only
   .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt facenet-pytorch==2.6.0 >&2
+  # the main job's trained network from outside the zoo: PP-OCR's ONNX files ship in this wheel; its
+  # dependencies (opencv-python, shapely, pyclipper, ...) are for rapidocr's own pipeline, never used
+  .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt rapidocr-onnxruntime==1.4.4 >&2
   # TensorRT 10.13's API as .pyi (tests/engines/test_engines_trt_stubs.py parses it) in a side folder never on
   # sys.path: in site-packages its tensorrt/ would look like TensorRT (find_spec) and its metadata needs TensorRT
   .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/tensorrt-stubs tensorrt-stubs==10.13.0.35.1 >&2

@@ -12,7 +12,7 @@ echo "resolving .[cpu,export,dev] in a fresh venv (a few minutes)..." >&2
 "$PY" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install --quiet --upgrade pip >&2
 "$tmp/venv/bin/python" -m pip install --quiet ".[cpu,export,dev]" >&2
-"$tmp/venv/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0 >&2  # see setup_venv.sh
+"$tmp/venv/bin/python" -m pip install --quiet --no-deps facenet-pytorch==2.6.0 rapidocr-onnxruntime==1.4.4 >&2  # see setup_venv.sh
 {
   sed -n '/^#/p' constraints.txt
   "$tmp/venv/bin/python" -m pip freeze --all | grep -v -i -E '^(batchforge|setuptools|wheel)[=@ ]'

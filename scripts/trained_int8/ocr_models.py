@@ -5,9 +5,10 @@ The networks come as ONNX (Paddle -> paddle2onnx); onnx2torch rebuilds them as a
 ``torch.fx.GraphModule``, so batchforge's reference is a PyTorch module with the trained weights
 and its export path (torch.onnx.export, dynamo) runs on it as on any user model.
 
-Needs on ``PYTHONPATH``: this folder, and a folder holding ``rapidocr_onnxruntime`` and
-``onnx2torch`` (``pip install --no-deps --target /tmp/ocrsite rapidocr-onnxruntime==1.4.4
-onnx2torch``; see run.sh). ``OCR_MODELS_DIR`` overrides where the ONNX files are looked up.
+Needs this folder on ``PYTHONPATH``, and ``rapidocr_onnxruntime`` and ``onnx2torch`` importable
+(scripts/setup_venv.sh installs both in the .venv, the first without its dependencies; run.sh
+installs them elsewhere with ``pip --target`` when they are missing). ``OCR_MODELS_DIR``
+overrides where the ONNX files are looked up.
 
 - ``ppocr_det``: PP-OCRv4 mobile text detector (PPLCNetV3 backbone + DBNet head), input
   (B, 3, H, W) normalised RGB, output (B, 1, H, W) text probability map (sigmoid).

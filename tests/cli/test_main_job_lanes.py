@@ -1,6 +1,7 @@
 """The main job's lanes: every zoo model in exactly one lane, an ensemble's members together."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,28 @@ def test_backend_auto_is_decided_and_said_once_for_every_stage(main_job, capsys)
     else:
         assert chosen == "onnxruntime"
         assert err.count("TensorRT is not usable here") == 1 and err.startswith("main job: backend auto")
+
+
+def _gate(model: str, status: str, failing: str | None = None) -> dict:
+    checks = [{"name": "raw_cosine[out]", "passed": True}]
+    if failing:
+        checks.append({"name": failing, "passed": False})
+    return {"verdict": "FAILED" if failing else "PASSED",
+            "reports": [{"model": model, "precision": "int8", "status": status, "checks": checks}]}
+
+
+def test_the_summary_joins_the_zoo_gate_and_each_trained_model_gate(main_job, tmp_path, capsys):
+    zoo, trained, missing = tmp_path / "parity.json", tmp_path / "trained.ppocr_cls.parity.json", tmp_path / "no.json"
+    zoo.write_text(json.dumps(_gate("detector", "KNOWN FAILURE", "raw_max_rel[scores]")))
+    trained.write_text(json.dumps(_gate("ppocr_cls", "failed", "row_cosine_min[direction]")))
+    main_job.print_summary([zoo, trained, missing], {}, {"trained": 1.0}, {"ppocr_cls": {"fp32": 1.0, "int8": 0.86}})
+    out = capsys.readouterr().out
+    assert "known detector [int8]: raw_max_rel[scores]" in out
+    assert "FAIL  ppocr_cls [int8]: row_cosine_min[direction]" in out
+    assert "slower than fp32 on this backend: ppocr_cls int8 0.86x" in out
+    assert f"parity verdict: FAILED (report: {trained}" in out and f"parity verdict: missing (report: {missing}" in out
+
+
+@pytest.mark.parametrize(("codes", "worst"), [((0, 0), 0), ((0, 1), 1), ((1, 2), 2), ((2, 0), 2)])
+def test_the_job_exits_with_the_worse_gate(main_job, codes, worst):
+    assert main_job.worst_exit(*codes) == worst
