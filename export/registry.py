@@ -89,6 +89,12 @@ def get_model(name: str) -> ZooEntry:
     return ZOO[name]
 
 
+def is_zoo_factory(factory: str) -> bool:
+    """Whether ``factory`` ("module:function") is a zoo model's (batchforge's own seeded init)."""
+    load_zoo()
+    return any(entry.factory == factory for entry in ZOO.values())
+
+
 def get_ensemble(name: str) -> EnsembleSpec | None:
     load_zoo()
     return ENSEMBLES.get(name)
