@@ -82,7 +82,9 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
     module.eval()
 
     staging = make_staging(artifacts.root, spec.name, "export")
-    log = ExportLog(artifacts.dir / EXPORT_LOG)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    log = ExportLog(artifacts.dir / EXPORT_LOG, header=f"batchforge export of {spec.name!r} "
+                    f"(factory {entry.factory}), started {started}: torch's own output and tracebacks")
     try:
         return _export_staged(module, spec, entry, artifacts, staging, weights, options, log)
     except ExportError:

@@ -40,10 +40,12 @@ class ExportLog:
 
     Args:
         path: where the log ends up (``<model folder>/export.log``); messages name it.
+        header: its first line (which export, when: a failed export's log replaces the last one's).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], header: str = "") -> None:
         self.path = Path(path)
+        self.header = header
         self.sections: list[tuple[str, str]] = []
 
     def add(self, title: str, text: str) -> None:
@@ -54,7 +56,8 @@ class ExportLog:
         self.add(title, "".join(traceback.format_exception(exc)))
 
     def text(self) -> str:
-        return "".join(f"===== {title} =====\n{text}\n" for title, text in self.sections)
+        head = f"{self.header}\n\n" if self.header else ""
+        return head + "".join(f"===== {title} =====\n{text}\n" for title, text in self.sections)
 
     def write(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Writes the log (to ``self.path`` unless ``path`` is given) through ``atomic_path``."""
