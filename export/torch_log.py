@@ -81,7 +81,8 @@ def captured(log: ExportLog, title: str, folder: str | os.PathLike[str]) -> Iter
         warnings.simplefilter("always")
         stream = open(sink.fileno(), "w", encoding="utf-8", errors="replace",  # noqa: SIM115
                       buffering=1, closefd=False)
-        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        saved = {fd: _dup(fd) for fd in (1, 2)}
+        saved = {fd: copy for fd, copy in saved.items() if copy is not None}  # a closed fd stays closed
         handlers = _std_stream_handlers()
         try:
             for fd in saved:
@@ -122,6 +123,13 @@ def _std_stream_handlers() -> dict[logging.StreamHandler, io.TextIOBase]:
             if id(handler.stream) in std or (ours and handler.stream is not None):
                 found[handler] = handler.stream
     return found
+
+
+def _dup(fd: int) -> int | None:
+    try:
+        return os.dup(fd)
+    except OSError:
+        return None
 
 
 def _flush_all(*streams: io.TextIOBase) -> None:

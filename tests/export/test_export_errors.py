@@ -97,3 +97,39 @@ def test_provenance_names_the_factory_and_the_weights_it_loaded(tmp_path):
     given = ModelArtifacts.at(tmp_path / "artifacts", "given").export_record()["weights"]
     assert given["source"] == str(path) and given["source_sha256"] == sha256_file(path)
     assert "seeded" not in json.dumps([weights, given])
+
+
+def _wrapped(inner: Exception) -> Exception:
+    """``inner`` raised under a wrapper, as torch.onnx wraps torch.export's own error."""
+    try:
+        try:
+            raise inner
+        except Exception as exc:
+            raise RuntimeError("Failed to export the model. \x1b[96mThis is step 1/3\x1b[0m") from exc
+    except RuntimeError as outer:
+        return outer
+
+
+def test_failures_are_classified_from_the_whole_chain_and_named_by_the_root_cause():
+    from batchforge.export.onnx_export import ExporterFailure, FailureCategory
+
+    class ConstraintViolationError(Exception):
+        pass
+
+    class DispatchError(Exception):
+        pass
+
+    cases = [
+        (ConstraintViolationError("Constraints violated (batch)! \x1b[1mnot dynamic\x1b[0m"),
+         FailureCategory.SHAPE_CONSTRAINT, "ConstraintViolationError: Constraints violated (batch)! not dynamic"),
+        (DispatchError("No ONNX function found for <OpOverload(op='aten._linalg_svd')>\nmore"),
+         FailureCategory.UNSUPPORTED_OPERATOR, "DispatchError: No ONNX function found for <OpOverload"),
+        (ValueError("Could not guard on data-dependent expression u0 > 0"),
+         FailureCategory.DATA_DEPENDENT, "ValueError: Could not guard on data-dependent expression u0 > 0"),
+        (KeyError("weight"), FailureCategory.OTHER, "KeyError: 'weight'"),
+    ]
+    for inner, category, cause in cases:
+        failure = ExporterFailure.of(_wrapped(inner))
+        assert failure.category is category, (inner, failure)
+        assert failure.cause.startswith(cause) and "\x1b" not in failure.cause, failure.cause
+        assert "test_export_errors.py:" in failure.cause  # the innermost frame outside torch
