@@ -72,7 +72,8 @@ class FailureCategory(Enum):
 # (category, exception type names, message fragments) in the order they are tried
 _CATEGORY_SIGNS = (
     (FailureCategory.DATA_DEPENDENT, {"GuardOnDataDependentSymNode", "DataDependentOutputException"},
-     ("could not guard on data-dependent", "data-dependent", "data dependent")),
+     ("could not guard on data-dependent", "data-dependent", "data dependent",
+      "dynamic control flow is not supported")),  # the last: torch.export's strict mode
     (FailureCategory.SHAPE_CONSTRAINT, {"ConstraintViolationError"}, ("constraints violated",)),
     (FailureCategory.UNSUPPORTED_OPERATOR,
      {"DispatchError", "UnsupportedOperatorException", "UnsupportedOperatorError", "Unsupported"},

@@ -126,6 +126,8 @@ def test_failures_are_classified_from_the_whole_chain_and_named_by_the_root_caus
          FailureCategory.UNSUPPORTED_OPERATOR, "DispatchError: No ONNX function found for <OpOverload"),
         (ValueError("Could not guard on data-dependent expression u0 > 0"),
          FailureCategory.DATA_DEPENDENT, "ValueError: Could not guard on data-dependent expression u0 > 0"),
+        (RuntimeError("Dynamic control flow is not supported at the moment. Please use cond"),
+         FailureCategory.DATA_DEPENDENT, "RuntimeError: Dynamic control flow is not supported"),
         (KeyError("weight"), FailureCategory.OTHER, "KeyError: 'weight'"),
     ]
     for inner, category, cause in cases:
