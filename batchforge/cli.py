@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="export the whole zoo")
     p.add_argument("--weights", metavar="FILE",
                    help="weights for a single model: .safetensors (preferred) or a state dict "
-                        "(loaded with torch.load(weights_only=True)); default: seeded calibrated init")
+                        "(loaded with torch.load(weights_only=True)); default: a zoo model's seeded calibrated "
+                        "init, or the weights a --factory loads itself")
     p.add_argument("--factory", metavar="MODULE:FUNCTION",
                    help="a user model: a factory returning a torch.nn.Module (needs --spec)")
     p.add_argument("--spec", metavar="FILE", help="the user model's spec (JSON, see README)")

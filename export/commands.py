@@ -86,6 +86,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {entry.spec.name:24} {time.perf_counter() - start:6.1f}s  "
               f"{record['exporter']['name']}, opset {args.opset}, ONNX vs PyTorch max_rel {worst:.1e} "
               f"-> {Path(args.output_dir) / entry.spec.name / 'model.fp32.onnx'}", flush=True)
+        exporter = record["exporter"]
+        if exporter["fallback_reason"] is not None:
+            log = Path(args.output_dir) / entry.spec.name / exporter["log"]
+            print(f"warning: {entry.spec.name}: torch.export failed ({exporter['fallback_category']}): "
+                  f"{exporter['fallback_reason']}; exported with the TorchScript fallback instead "
+                  f"(torch's output and the full traceback: {log})", file=sys.stderr, flush=True)
         for warning in record["warnings"]:
             print(f"warning: {entry.spec.name}: {warning}", file=sys.stderr, flush=True)
         release_memory()  # the exporter's graphs and the module: the next model starts clean

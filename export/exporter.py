@@ -24,10 +24,11 @@ import torch
 import batchforge
 from batchforge.errors import ExportError, storage_error
 from batchforge.export import checks
-from batchforge.export.onnx_export import ExportOptions, example_inputs, export_onnx
+from batchforge.export.onnx_export import ExportInfo, ExportOptions, FailureCategory, example_inputs, export_onnx
 from batchforge.export.reference import TorchRunner, build_module
-from batchforge.export.registry import ZooEntry
-from batchforge.export.weights import load_weights, save_weights
+from batchforge.export.registry import ZooEntry, is_zoo_factory
+from batchforge.export.torch_log import EXPORT_LOG, ExportLog
+from batchforge.export.weights import load_weights, save_weights, state_dict_sha256
 from batchforge.metrics import ParityRow, compare_arrays
 from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record, sha256_file, write_json_atomic
 from batchforge.runtime.runners.onnxruntime import OnnxRuntimeRunner
@@ -81,19 +82,39 @@ def export_model(entry: ZooEntry, output_dir: str | os.PathLike[str], *,
     module.eval()
 
     staging = make_staging(artifacts.root, spec.name, "export")
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    log = ExportLog(artifacts.dir / EXPORT_LOG, header=f"batchforge export of {spec.name!r} "
+                    f"(factory {entry.factory}), started {started}: torch's own output and tracebacks")
     try:
-        return _export_staged(module, spec, entry, artifacts, staging, weights, options)
+        return _export_staged(module, spec, entry, artifacts, staging, weights, options, log)
+    except ExportError:
+        _keep_failure_log(log)
+        raise
     except OSError as exc:  # a full disk, a quota: the file it was writing, not a traceback
         raise storage_error(exc, staging) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _keep_failure_log(log: ExportLog) -> None:
+    """A failed export leaves no model files, only its log (complete, written atomically) in the
+    model folder, where the error message points; a log that cannot be written is not the error
+    the user needs to see, so the export's own error is raised either way."""
+    if not log.sections:
+        return
+    try:
+        log.path.parent.mkdir(parents=True, exist_ok=True)
+        log.write()
+    except OSError:
+        pass
+
+
 def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, artifacts: ModelArtifacts,
-                   staging: Path, weights: str | os.PathLike[str] | None, options: ExportOptions) -> dict[str, Any]:
+                   staging: Path, weights: str | os.PathLike[str] | None, options: ExportOptions,
+                   log: ExportLog) -> dict[str, Any]:
     """Writes everything into ``staging``, checks it, then moves it into the model folder."""
     onnx_path = staging / artifacts.onnx(Precision.FP32).name
-    info = export_onnx(module, spec, onnx_path, options)
+    info = export_onnx(module, spec, onnx_path, options, log)
     checks.run_checker(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
     checks.check_external_data(model, staging)
@@ -110,10 +131,7 @@ def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, ar
     except ExportError as exc:
         if not findings:
             raise
-        raise ExportError(
-            f"batch size baked into the graph: {'; '.join(map(str, findings))} (so {exc.message})",
-            hint="use shape-derived sizes (x.shape[0] / -1) instead of constants in forward()",
-        ) from None
+        raise baked_batch_error(findings, exc, info, log, options.trace_batch) from None
     warnings = [f"{f}; kept as a model constant: ONNX matches PyTorch at batch "
                 f"{', '.join(map(str, batches))} (export with another --trace-batch to confirm)"
                 for f in findings]
@@ -125,11 +143,11 @@ def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, ar
         "factory": entry.factory,
         "onnx": file_record(onnx_path, staging),
         "exporter": {"name": info.exporter, "fallback_reason": info.fallback_reason,
+                     "fallback_category": info.fallback_category,
                      "opset": options.opset, "trace_batch": options.trace_batch,
-                     "external_data": info.external_data},
+                     "external_data": info.external_data, "log": EXPORT_LOG},
         "io": _io_record(model),
-        "weights": {"source": str(weights) if weights else "seeded activation-calibrated init",
-                    "source_sha256": sha256_file(weights) if weights else None,
+        "weights": {**weights_source(entry, module, weights),
                     "file": artifacts.reference_weights.name, "sha256": weights_sha},
         "checks": {"onnx_checker": "passed (full_check)", "symbolic_batch": "passed",
                    "symbolic_dims": {d: [r.min, r.opt, r.max] for d, r in spec.dims.items()} or "none",
@@ -140,6 +158,7 @@ def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, ar
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    log.write(staging / EXPORT_LOG)
     write_json_atomic(staging / artifacts.export_record_path.name, record)
     artifacts.dir.mkdir(parents=True, exist_ok=True)
     for stale in artifacts.dir.glob(artifacts.onnx(Precision.FP32).name + ".data*"):
@@ -147,6 +166,43 @@ def _export_staged(module: torch.nn.Module, spec: ModelSpec, entry: ZooEntry, ar
     for item in sorted(staging.iterdir(), key=lambda p: p.name == "export.json"):
         os.replace(item, artifacts.dir / item.name)  # export.json last: it vouches for the rest
     return record
+
+
+def baked_batch_error(findings: list[checks.LintFinding], failed: ExportError, info: ExportInfo,
+                      log: ExportLog, trace_batch: int) -> ExportError:
+    """The batch-check failure ``failed`` of a graph with trace-batch constants (``findings``),
+    named by the exporter that baked them. The TorchScript trace records every size it sees as a
+    constant, so after a fallback the advice is to fix what torch.export refused (the module may
+    well run at any batch in PyTorch); after torch.export itself, the module fixed the batch."""
+    where = "; ".join(map(str, findings))
+    if info.fallback_reason is None:
+        return ExportError(f"batch size baked into the graph: {where} (so {failed.message})",
+                           hint="use shape-derived sizes (x.shape[0] / -1) instead of constants in forward()")
+    category = FailureCategory(info.fallback_category)
+    advice = (f"the TorchScript trace records a size that forward() reads as a Python number as a constant, "
+              f"even where the module runs at any batch in PyTorch; fix what torch.export refused so "
+              f"its exporter, which keeps the batch symbolic, is used: {category.advice}; another "
+              f"--trace-batch only moves the constant")
+    if category is FailureCategory.SHAPE_CONSTRAINT:  # torch.export found the module fixes the batch
+        advice = category.advice
+    return ExportError(
+        f"batch size baked into the graph by the TorchScript trace at batch {trace_batch}, the "
+        f"fallback taken because torch.export failed ({category.value}: {info.fallback_reason}): "
+        f"{where} (so {failed.message}); torch's output: {log.path}",
+        hint=advice)
+
+
+def weights_source(entry: ZooEntry, module: torch.nn.Module,
+                   weights: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Where the exported weights came from: the ``--weights`` file and its sha256; a zoo
+    model's seeded init; or, for a user factory that loads its own weights, the factory and a
+    hash of the state dict it returned (``weights.state_dict_sha256``)."""
+    if weights:
+        return {"source": str(weights), "source_sha256": sha256_file(weights)}
+    if is_zoo_factory(entry.factory):
+        return {"source": "seeded activation-calibrated init", "source_sha256": None}
+    return {"source": f"factory {entry.factory}", "source_sha256": None,
+            "state_dict_sha256": state_dict_sha256(module)}
 
 
 def verification_batches(profile: ProfileRange, trace_batch: int) -> list[int]:

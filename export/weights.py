@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -156,3 +157,24 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike[str]) -> str:
             raise ArtifactError(f"could not write {path}: {exc}") from None
         raise storage_error(OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))) from None
     return sha256_file(path)
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A sha256 of the weights a module holds, whatever file (if any) they came from.
+
+    The state dict's tensors in name order, each as ``name``, ``dtype`` (``torch.float32``) and
+    shape (``3,8,3,3``; empty for a scalar), each followed by a NUL byte, then its raw bytes
+    (C order, CPU): the same weights give the same hash however the module was built.
+
+    Returns:
+        The hex digest.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):  # a module's extra state: not weights
+            continue
+        value = tensor.detach().cpu().contiguous()
+        header = [name, str(value.dtype), ",".join(map(str, value.shape))]
+        digest.update(b"".join(part.encode() + b"\0" for part in header))
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

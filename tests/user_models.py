@@ -187,3 +187,45 @@ def tensors_spec(name: str, outputs: tuple[str, ...] = ("logits",), *, mask: boo
         "postprocess": {"outputs": {"logits": {"kind": "logits"}}, "top_k": 3}
         if postprocess is None else postprocess,
     }
+
+
+# --- export errors and provenance (tests/export/test_export_errors.py) -------------------------
+class DataDependent(TinyEmbedder):
+    """A branch on tensor values: torch.export refuses it, the TorchScript trace takes the branch
+    it saw (the same one for every non-zero input, so the fallback's ONNX still matches)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        if images.abs().sum() > 0:
+            return self.head(pooled)
+        return torch.zeros_like(self.head(pooled))
+
+
+class DataDependentBatchInt(DataDependent):
+    """Also a batch read as a Python int: any batch in PyTorch, but the TorchScript trace records
+    ``int(x.shape[0])`` as the number it saw."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(images).mean(dim=(2, 3))
+        if images.abs().sum() > 0:
+            return self.head(pooled.reshape(int(images.shape[0]), -1))
+        return torch.zeros_like(self.head(pooled))
+
+
+def data_dependent() -> nn.Module:
+    return _seeded(DataDependent)
+
+
+def data_dependent_batch_int() -> nn.Module:
+    return _seeded(DataDependentBatchInt)
+
+
+def self_loading_embedder() -> nn.Module:
+    """A factory that loads its own (here: made-up "trained") weights, as a user's factory does."""
+    model = TinyEmbedder()
+    generator = torch.Generator().manual_seed(7)
+    trained = {k: torch.randn(v.shape, generator=generator).to(v.dtype) if v.is_floating_point() else v
+               for k, v in model.state_dict().items()}
+    trained["features.1.running_var"] = trained["features.1.running_var"].abs() + 0.5
+    model.load_state_dict(trained)
+    return model.eval()
