@@ -35,10 +35,13 @@ from batchforge.export.reference import torch_preprocess
 from batchforge.export.samples import SEED_EVAL, generate
 from batchforge.metrics import compare_arrays, rowwise_cosine, tie_aware_scores
 from batchforge.parity.gate import register_family
-from batchforge.parity.report import Check
+from batchforge.parity.preprocess_floor import OutputFloor, floor_check, floored, measure
+from batchforge.parity.report import SHOWN, Check, source_name
+from batchforge.parity.sanity import sanity_checks
 from batchforge.parity.session import EvalItem, EvalSet, FamilyParity, ModelContext
+from batchforge.parity.tensors_kinds import boxes_scores_checks, map_checks, split_channels
 from batchforge.runtime.pipelines.tensors import TensorItem, TensorsResult, as_tensor_item, check_item_feed
-from batchforge.runtime.post.tensors import TensorsOptions
+from batchforge.runtime.post.tensors import OutputKind, TensorsOptions
 from batchforge.runtime.results import Result
 from batchforge.runtime.spec import ModelSpec, parse_options
 from batchforge.tolerances import Limit
@@ -72,32 +75,49 @@ def synthetic_items(spec: ModelSpec, count: int) -> tuple[EvalItem, ...]:
 
 
 def value_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
-                 detail: str = "") -> list[Check]:
-    """Worst-item cosine, and max abs where the spec declares it (a declared max rel is the
-    limit of the gate's ``raw_max_rel[o]``, see ``TensorsParity.output_limits``)."""
+                 sources: Sequence[str], detail: str = "", cosine: bool = True) -> list[Check]:
+    """Worst-item cosine (the item named by its source), and max abs where the spec declares it
+    (a declared max rel is the limit of the gate's ``raw_max_rel[o]``, see
+    ``TensorsParity.output_limits``)."""
     max_abs, max_rel, _ = compare_arrays(ref, eng)
     checks = []
-    if ref.size // max(len(ref), 1) > 1:
+    if cosine and ref.size // max(len(ref), 1) > 1:
         cos = rowwise_cosine(ref, eng)
         worst = int(np.argmin(cos))
         checks.append(Check(f"row_cosine_min[{name}]", float(cos[worst]), limits["row_cosine"],
-                            f"min over {len(cos)} items (item {worst}), mean {cos.mean():.6f}{detail}"))
+                            f"min over {len(cos)} items (worst {source_name(sources[worst])}), "
+                            f"mean {cos.mean():.6f}{detail}"))
     if "max_abs" in limits:
-        checks.append(Check(f"max_abs[{name}]", max_abs, limits["max_abs"], f"max rel {max_rel:.3g}"))
+        rows = np.abs(ref.astype(np.float64) - eng.astype(np.float64)).reshape(len(ref), -1)
+        worst = int(np.argmax(rows.max(axis=1))) if rows.size else 0
+        checks.append(Check(f"max_abs[{name}]", max_abs, limits["max_abs"],
+                            f"max rel {max_rel:.3g}; worst {source_name(sources[worst])}"))
     return checks
 
 
 def score_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
-                 k: int) -> list[Check]:
-    """Tie-aware argmax agreement and top-k overlap of class scores over the last axis."""
+                 k: int, sources: Sequence[str]) -> list[Check]:
+    """Tie-aware argmax agreement (deciding) and plain argmax agreement (shown beside it), and
+    top-k overlap of class scores over the last axis."""
     tie = limits["score_tie"].value
     scores = tie_aware_scores(ref, eng, tie, k)
     if scores is None:
         return []
     detail = (f"{scores.rows} rows of {scores.classes} classes; reference ties within {tie:g} of the row's largest "
               f"|value|: {scores.tied_first} rows at top-1 (largest {scores.largest_tie}-way)")
+    ref_top = np.argmax(ref.reshape(-1, scores.classes), axis=1)
+    eng_top = np.argmax(eng.reshape(-1, scores.classes), axis=1)
+    differ = np.flatnonzero(ref_top != eng_top)
+    per_item = scores.rows // max(len(ref), 1)
+    plain = f"{len(differ)} of {scores.rows} rows pick another class than the reference's argmax"
+    if len(differ):
+        row = int(differ[0])
+        where = source_name(sources[row // per_item]) + (f" row {row % per_item}" if per_item > 1 else "")
+        plain += (f", first {where}: reference class {int(ref_top[row])}, engine {int(eng_top[row])}")
     checks = [Check(f"argmax_agreement[{name}]", scores.agreement, limits["argmax_agreement"],
-                    detail + " (an engine picking any tied class agrees)")]
+                    detail + " (an engine picking any tied class agrees)"),
+              Check(f"argmax_plain_agreement[{name}]", float(np.mean(ref_top == eng_top)), limits["argmax_agreement"],
+                    plain + "; ties not counted (argmax_agreement decides)", SHOWN)]
     if scores.overlap is not None:
         checks.append(Check(f"top{k}_overlap[{name}]", scores.overlap, limits["topk_overlap"],
                             f"{scores.rows} rows of {scores.classes} classes; {scores.tied_top} rows with reference "
@@ -134,24 +154,64 @@ class TensorsParity(FamilyParity):
 
     def output_limits(self, ctx: ModelContext, output: str) -> dict[str, Limit]:
         """The tier with the spec's tolerances for ``output`` (a declared ``max_rel`` replaces the
-        tier's raw max rel: it can loosen as well as tighten)."""
-        options: TensorsOptions = parse_options(TensorsOptions, ctx.reference_spec.postprocess,
-                                                "tensors postprocess options")
-        return output_limits(ctx.limits, options.output(output), output, ctx.precision)
+        tier's raw max rel: it can loosen as well as tighten), never below the preprocessing floor
+        (parity/preprocess_floor.py)."""
+        limits = output_limits(ctx.limits, self._options(ctx).output(output), output, ctx.precision)
+        floor = self._floor(ctx, output)
+        return limits if floor is None else floored(limits, floor)[0]
+
+    def _floor(self, ctx: ModelContext, output: str) -> OutputFloor | None:
+        """The preprocessing floor of one output; None when no item is an image (both sides then
+        take the same arrays) or the shapes differ (raw_shape names that)."""
+        if ctx.reference_spec.preprocess is None or not any(
+                as_tensor_item(item.data, ctx.reference_spec).image is not None for item in ctx.eval_set.items):
+            return None
+        ref, eng = ctx.reference.raw[output], ctx.engine.raw[output]
+        on_runtime = ctx.session.reference_on_engine_inputs(ctx.name, ctx.reference_spec, ctx.eval_set,
+                                                            ctx.engine.prepared)[output]
+        if not ref.shape == eng.shape == on_runtime.shape:
+            return None
+        ref, on_runtime, _ = self.raw_view(ctx, output, ref, on_runtime)
+        return measure(ref, on_runtime, self.raw_view(ctx, output, ctx.reference.raw[output], eng)[1])
+
+    def raw_view(self, ctx: ModelContext, output: str, ref: np.ndarray, eng: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, str]:
+        """A boxes_scores output's raw checks see its score channels only: its boxes are judged
+        in pixels on scored anchors (``box_px``), not relative to the largest box coordinate."""
+        options = self._options(ctx).output(output)
+        if options.kind is not OutputKind.BOXES_SCORES or ref.shape != eng.shape:
+            return ref, eng, ""
+        (_, ref_scores), (_, eng_scores) = (split_channels(output, a, options) for a in (ref, eng))
+        return ref_scores, eng_scores, f"score channels {list(options.score_channels or ())} only"
+
+    @staticmethod
+    def _options(ctx: ModelContext) -> TensorsOptions:
+        return parse_options(TensorsOptions, ctx.reference_spec.postprocess, "tensors postprocess options")
 
     def task_checks(self, ctx: ModelContext) -> list[Check]:
-        options: TensorsOptions = parse_options(TensorsOptions, ctx.reference_spec.postprocess,
-                                                "tensors postprocess options")
+        options = self._options(ctx)
         note = ctx.eval_set.extra.get("note")
+        sources = [item.source for item in ctx.eval_set.items]
         checks = []
         for name in ctx.spec.outputs:
             ref, eng = ctx.reference.raw[name], ctx.engine.raw[name]
+            output = options.output(name)
+            checks += sanity_checks(name, ref, output.kind, sources)
             if ref.shape != eng.shape:
                 continue  # the gate's raw_shape check names it
-            limits = output_limits(ctx.limits, options.output(name), name, ctx.precision)
-            checks += value_checks(name, ref, eng, limits, f"; {note}" if note else "")
-            if options.output(name).kind.is_scores:
-                checks += score_checks(name, ref, eng, limits, options.top_k)
+            limits = self.output_limits(ctx, name)
+            floor = self._floor(ctx, name)
+            if floor is not None:
+                tier = output_limits(ctx.limits, output, name, ctx.precision)
+                checks.append(floor_check(name, floor, limits, floored(tier, floor)[1]))
+            plain = output.kind in (OutputKind.VALUES, OutputKind.LOGITS, OutputKind.PROBABILITIES)
+            checks += value_checks(name, ref, eng, limits, sources, f"; {note}" if note else "", cosine=plain)
+            if output.kind.is_scores:
+                checks += score_checks(name, ref, eng, limits, options.top_k, sources)
+            elif output.kind is OutputKind.PROBABILITY_MAP:
+                checks += map_checks(name, ref, eng, output, limits, sources)
+            elif output.kind is OutputKind.BOXES_SCORES:
+                checks += boxes_scores_checks(name, ref, eng, output, limits, sources)
         return checks
 
     def batch_quantities(self, results: Sequence[Result]) -> dict[str, list[np.ndarray]]:
