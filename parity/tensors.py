@@ -95,34 +95,59 @@ def value_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[st
     return checks
 
 
+def _row_namer(sources: Sequence[str] | None, items: int, rows: int):
+    """Names a row of class scores by its item's source (and its row within the item)."""
+    per_item = rows // max(items, 1)
+
+    def where(row: int) -> str:
+        item = source_name(sources[row // per_item]) if sources is not None else f"row {row}"
+        return item + (f" row {row % per_item}" if sources is not None and per_item > 1 else "")
+    return where
+
+
 def score_checks(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
-                 k: int, sources: Sequence[str]) -> list[Check]:
-    """Tie-aware argmax agreement (deciding) and plain argmax agreement (shown beside it), and
-    top-k overlap of class scores over the last axis."""
+                 k: int, sources: Sequence[str] | None = None) -> list[Check]:
+    """Tie-aware argmax agreement and top-k overlap of class scores over the last axis; the
+    first disagreeing and the worst-overlap item named by their ``sources``."""
     tie = limits["score_tie"].value
     scores = tie_aware_scores(ref, eng, tie, k)
     if scores is None:
         return []
-    detail = (f"{scores.rows} rows of {scores.classes} classes; reference ties within {tie:g} of the row's largest "
-              f"|value|: {scores.tied_first} rows at top-1 (largest {scores.largest_tie}-way)")
+    where = _row_namer(sources, len(ref), scores.rows)
     ref_top = np.argmax(ref.reshape(-1, scores.classes), axis=1)
     eng_top = np.argmax(eng.reshape(-1, scores.classes), axis=1)
-    differ = np.flatnonzero(ref_top != eng_top)
-    per_item = scores.rows // max(len(ref), 1)
-    plain = f"{len(differ)} of {scores.rows} rows pick another class than the reference's argmax"
-    if len(differ):
-        row = int(differ[0])
-        where = source_name(sources[row // per_item]) + (f" row {row % per_item}" if per_item > 1 else "")
-        plain += (f", first {where}: reference class {int(ref_top[row])}, engine {int(eng_top[row])}")
+    first = scores.disagreeing[0] if scores.disagreeing else None
+    detail = (f"{scores.rows} rows of {scores.classes} classes; reference ties within {tie:g} of the row's largest "
+              f"|value|: {scores.tied_first} rows at top-1 (largest {scores.largest_tie}-way)")
     checks = [Check(f"argmax_agreement[{name}]", scores.agreement, limits["argmax_agreement"],
-                    detail + " (an engine picking any tied class agrees)"),
-              Check(f"argmax_plain_agreement[{name}]", float(np.mean(ref_top == eng_top)), limits["argmax_agreement"],
-                    plain + "; ties not counted (argmax_agreement decides)", SHOWN)]
+                    detail + f" (an engine picking any tied class agrees); {len(scores.disagreeing)} rows disagree"
+                    + (f"; first {where(first)}: reference class {int(ref_top[first])}, engine {int(eng_top[first])}"
+                       if first is not None else ""))]
     if scores.overlap is not None:
+        worst = f"; worst {where(scores.worst_overlap_row)}" if scores.worst_overlap_row is not None else ""
         checks.append(Check(f"top{k}_overlap[{name}]", scores.overlap, limits["topk_overlap"],
                             f"{scores.rows} rows of {scores.classes} classes; {scores.tied_top} rows with reference "
-                            f"ties at rank {k} within {tie:g} (an engine picking any tied class agrees)"))
+                            f"ties at rank {k} within {tie:g} (an engine picking any tied class agrees){worst}"))
     return checks
+
+
+def plain_argmax_check(name: str, ref: np.ndarray, eng: np.ndarray, limits: Mapping[str, Limit],
+                       sources: Sequence[str]) -> list[Check]:
+    """Plain argmax agreement (ties not counted), shown beside the tie-aware check that decides:
+    issue #27 met tie-aware 1.0 where plain agreement was 0.94, and a user should see both."""
+    classes = ref.shape[-1] if ref.ndim > 1 else 1
+    if classes < 2:
+        return []
+    ref_top = np.argmax(ref.reshape(-1, classes), axis=1)
+    eng_top = np.argmax(eng.reshape(-1, classes), axis=1)
+    where = _row_namer(sources, len(ref), len(ref_top))
+    differ = np.flatnonzero(ref_top != eng_top)
+    detail = f"{len(differ)} of {len(ref_top)} rows pick another class than the reference's argmax"
+    if len(differ):
+        row = int(differ[0])
+        detail += f"; first {where(row)}: reference class {int(ref_top[row])}, engine {int(eng_top[row])}"
+    return [Check(f"argmax_plain_agreement[{name}]", float(np.mean(ref_top == eng_top)), limits["argmax_agreement"],
+                  detail + "; ties not counted (argmax_agreement decides)", SHOWN)]
 
 
 class TensorsParity(FamilyParity):
@@ -207,7 +232,8 @@ class TensorsParity(FamilyParity):
             plain = output.kind in (OutputKind.VALUES, OutputKind.LOGITS, OutputKind.PROBABILITIES)
             checks += value_checks(name, ref, eng, limits, sources, f"; {note}" if note else "", cosine=plain)
             if output.kind.is_scores:
-                checks += score_checks(name, ref, eng, limits, options.top_k, sources)
+                decided = score_checks(name, ref, eng, limits, options.top_k, sources)
+                checks += decided[:1] + plain_argmax_check(name, ref, eng, limits, sources) + decided[1:]
             elif output.kind is OutputKind.PROBABILITY_MAP:
                 checks += map_checks(name, ref, eng, output, limits, sources)
             elif output.kind is OutputKind.BOXES_SCORES:

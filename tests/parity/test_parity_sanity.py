@@ -15,7 +15,7 @@ from user_models import tensors_spec
 from batchforge.cli import main
 from batchforge.parity.report import ModelReport, to_markdown
 from batchforge.parity.sanity import sanity_checks
-from batchforge.parity.tensors import score_checks, value_checks
+from batchforge.parity.tensors import plain_argmax_check, score_checks, value_checks
 from batchforge.runtime.artifacts import Precision
 from batchforge.runtime.images import write_image
 from batchforge.runtime.post.tensors import OutputKind
@@ -143,13 +143,21 @@ def test_plain_and_tie_aware_argmax_are_both_in_the_report():
     ref = np.array([[2.0, 2.0, 0.0], [1.0, 1.0 + 1e-7, 0.0], [0.0, 3.0, 1.0], [5.0, 0.0, 1.0]], np.float32)
     eng = np.array([[1.9, 2.0, 0.0], [1.0 + 2e-7, 1.0, 0.0], [0.0, 3.0, 1.0], [5.0, 0.0, 1.0]], np.float32)
     sources = ["a.png", "b.png", "c.png", "d.png"]
-    checks = score_checks("logits", ref, eng, limits_for("tensors", Precision.FP32), 2, sources)
+    limits = limits_for("tensors", Precision.FP32)
+    checks = score_checks("logits", ref, eng, limits, 2, sources)
+    checks += plain_argmax_check("logits", ref, eng, limits, sources)
     by_name = {c.name: c for c in checks}
     tie_aware, plain = by_name["argmax_agreement[logits]"], by_name["argmax_plain_agreement[logits]"]
     assert tie_aware.value == 1.0 and tie_aware.passed
     assert plain.value == 0.5 and plain.role == "shown" and plain.result == "shown (not judged)"
-    assert "2 of 4 rows pick another class than the reference's argmax, first a.png: reference class 0, engine 1" \
+    assert "2 of 4 rows pick another class than the reference's argmax; first a.png: reference class 0, engine 1" \
         in plain.detail
+    assert "0 rows disagree" in tie_aware.detail
+    eng[3] = [0.0, 1.0, 6.0]  # d.png: the engine's best is no tied best of the reference
+    worse = {c.name: c for c in score_checks("logits", ref, eng, limits_for("tensors", Precision.FP32), 2, sources)}
+    assert worse["argmax_agreement[logits]"].value == 0.75
+    assert "1 rows disagree; first d.png: reference class 0, engine 2" in worse["argmax_agreement[logits]"].detail
+    assert worse["top2_overlap[logits]"].detail.endswith("; worst d.png")
     md = to_markdown([ModelReport("m", "fp32", "onnxruntime", checks=checks)])
     assert "| argmax_agreement[logits] | 1 | >= 1 | pass |" in md
     assert "| argmax_plain_agreement[logits] | 0.5 | >= 1 | shown (not judged) |" in md
