@@ -194,7 +194,7 @@ def test_channel_ranges_past_the_output_are_refused_naming_it(anchors, tmp_path)
     (run,) = json.loads((tmp_path / "r.json").read_text())["reports"]
     assert code == 2
     assert ("output 'head': box_channels [0, 4] and score_channels [4, 7] need 7 channels on the last axis, "
-            "the output has 5") in run["error"]
+            "the output has 5 (shape (12, 5) per item)") in run["error"]
 
 
 def test_the_preprocessing_floor_raises_only_limits_it_exceeds():
