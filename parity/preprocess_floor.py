@@ -76,7 +76,7 @@ def floored(limits: Mapping[str, Limit], floor: OutputFloor) -> tuple[dict[str, 
 
 def floor_check(name: str, floor: OutputFloor, limits: Mapping[str, Limit], raised: list[str]) -> Check:
     """The floor as a shown value beside the raw_max_rel limit in force."""
-    change = (f"limits set to floor + tier: {', '.join(raised)}" if raised
+    change = (f"limits set to floor + limit: {', '.join(raised)}" if raised
               else "every limit stays (the floor is within them)")
     return Check(f"preprocess_floor_max_rel[{name}]", floor.max_rel, limits["raw_max_rel"],
                  f"FP32 reference on the runtime's preprocessed input against it on torch's: cosine "

@@ -223,3 +223,23 @@ def test_the_preprocessing_floor_is_reported_for_image_inputs(tmp_path):
     assert floor["role"] == "shown" and 0 < floor["value"] < 1e-4
     assert "the engine against the reference on the runtime's input: max_rel" in floor["detail"]
     assert floor["detail"].endswith("every limit stays (the floor is within them)")
+
+
+def test_a_declared_limit_below_the_preprocessing_floor_is_raised_to_it(tmp_path):
+    """The identity's engine error is 0, so its raw max_rel is the floor itself (torch's resize
+    against the runtime's, ~1.8e-7 on the sample images): a declared fp32 max_rel of 1e-9 would fail
+    every engine; it becomes floor + 1e-9, and the report says so."""
+    from user_models import tensors_spec
+
+    declared = {"outputs": {"out": {"tolerances": {"fp32": {"max_rel": 1e-9}}}}}
+    export(tmp_path, "scaled_identity", tensors_spec("ident", ("out",), postprocess=declared))
+    code = main(["parity", "ident", "--output-dir", str(tmp_path / "artifacts"), "--report", str(tmp_path / "r.json"),
+                 "--eval-size", "8", "--factory", "user_models:scaled_identity"])
+    (run,) = json.loads((tmp_path / "r.json").read_text())["reports"]
+    assert code == 0, failing(run)
+    floor, raw = check(run, "preprocess_floor_max_rel[out]"), check(run, "raw_max_rel[out]")
+    assert floor["value"] > 1e-9 and raw["value"] == pytest.approx(floor["value"])
+    assert raw["limit"] == pytest.approx(floor["value"] + 1e-9)
+    assert raw["reason"].startswith("preprocessing floor ") and "spec: postprocess.outputs.out" in raw["reason"]
+    assert "the engine against the reference on the runtime's input: max_rel 0;" in floor["detail"]
+    assert floor["detail"].endswith("limits set to floor + limit: raw_max_rel")
