@@ -3,14 +3,23 @@
 The gate's raw checks (``raw_cosine[o]``, ``raw_max_rel[o]``: whole output, tier limits) run for
 every output; this module adds per output:
 
+- ``sanity_*[o]``: does the FP32 reference respond to its input at all (parity/sanity.py)? A
+  failure makes the run UNINFORMATIVE, not FAILED;
+- ``preprocess_floor_max_rel[o]`` (image inputs): what the runtime's preprocessing alone changes
+  (parity/preprocess_floor.py), shown; a limit below it is raised to floor + limit;
 - ``row_cosine_min[o]``: the worst item's cosine (one bad item cannot hide in a large batch);
-  left out for outputs of one value per item, where a cosine is only a sign;
+  left out for outputs of one value per item, where a cosine is only a sign, and for the kinds
+  with their own checks;
 - ``max_abs[o]`` / ``max_rel[o]``: when the spec declares that limit for the output;
 - for outputs the spec declares ``logits`` or ``probabilities`` (class scores over the last
   axis): ``argmax_agreement[o]`` and ``top{k}_overlap[o]`` (k = the options' ``top_k``, only when
   there are more than k classes). Tie-aware as reid's retrieval checks: reference scores within
   the tier's ``score_tie`` (relative to the row's largest |value|) have no order, so an engine
-  picking any of them agrees; tied rows are counted in the detail.
+  picking any of them agrees; tied rows are counted in the detail. ``argmax_plain_agreement[o]``
+  (ties not counted) is shown beside it, not judged;
+- ``probability_map`` and ``boxes_scores`` outputs: their own checks (parity/tensors_kinds.py).
+
+Every per-item check names its worst item by its source (file name or ``.npz`` key).
 
 Limits: the ``tensors`` tiers of batchforge/tolerances.py, replaced per output by the spec's
 ``postprocess.outputs.<o>.tolerances.<precision>``. The reference is the FP32 module on inputs
