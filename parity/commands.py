@@ -14,7 +14,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from batchforge.export.exporter import library_versions
     from batchforge.export.registry import ENSEMBLES, ZOO, known_names
     from batchforge.parity.gate import check_model, exit_code, verdict
-    from batchforge.parity.report import summary_lines, to_markdown, uninformative_line
+    from batchforge.parity.report import SANITY, summary_lines, to_markdown, uninformative_line
     from batchforge.parity.session import ParitySession
 
     precisions = Precision.parse_list(args.precision)
@@ -64,11 +64,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
     for r in reports:
         if r.status == "FAILED" or (r.known_failure and not args.allow_known_failures):
             for c in r.checks:
-                if not c.passed:
+                if not c.passed and c.role != SANITY:
                     print(f"  FAIL {r.model} [{r.precision}] {c.name} = {c.value:.6g} "
                           f"(limit {c.limit.symbol} {c.limit.value:g}) {c.detail}")
-    for r in uninformative:
-        for c in r.uninformative:
+    for r in reports:
+        for c in r.uninformative if r.error is None else ():
             print(f"  UNINFORMATIVE {r.model} [{r.precision}] {c.name} = {c.value:.6g} "
                   f"(needs {c.limit.symbol} {c.limit.value:g}) {c.detail}")
     for r in known:
