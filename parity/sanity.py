@@ -29,6 +29,7 @@ from batchforge.runtime.post.tensors import OutputKind
 from batchforge.tolerances import TENSORS_SANITY, limits_for
 
 PAIR_ITEMS = 64  # pairs among the first 64 items (2,016): enough to see a constant function
+COLUMNS = 1 << 16  # values per chunk of the spread (float64 work arrays of items x 65,536)
 IDENTICAL_REL = limits_for("tensors", Precision.FP32)["raw_max_rel"].value
 
 
@@ -37,21 +38,23 @@ def sanity_checks(name: str, ref: np.ndarray, kind: OutputKind, sources: Sequenc
     items = len(ref)
     if items < 2 or ref.size == 0:
         return []
-    rows = ref.reshape(items, -1).astype(np.float64)
+    rows = ref.reshape(items, -1)  # as given: a float64 copy of a large map set would double its memory
     scale = float(np.max(np.abs(rows)))
     unit = scale if scale > 0 else 1.0
-    spread = rows.std(axis=0) / unit
-    checks = [Check(f"sanity_item_spread[{name}]", float(spread.max()), TENSORS_SANITY["item_spread"],
+    spread = max(float(rows[:, start:start + COLUMNS].astype(np.float64).std(axis=0).max())
+                 for start in range(0, rows.shape[1], COLUMNS)) / unit
+    checks = [Check(f"sanity_item_spread[{name}]", spread, TENSORS_SANITY["item_spread"],
                     f"largest std across {items} items of one of {rows.shape[1]} values, over the output's "
                     f"largest |value| {scale:.3g}", SANITY)]
     pairs = list(combinations(range(min(items, PAIR_ITEMS)), 2))
-    same = [(a, b) for a, b in pairs if float(np.max(np.abs(rows[a] - rows[b]))) <= IDENTICAL_REL * unit]
+    same = [(a, b) for a, b in pairs
+            if float(np.max(np.abs(rows[a].astype(np.float64) - rows[b]))) <= IDENTICAL_REL * unit]
     first = f"; e.g. {source_name(sources[same[0][0]])} and {source_name(sources[same[0][1]])}" if same else ""
     checks.append(Check(f"sanity_identical_pairs[{name}]", len(same) / len(pairs), TENSORS_SANITY["identical_pairs"],
                         f"{len(same)} of {len(pairs)} item pairs within {IDENTICAL_REL:g} of the output's largest "
                         f"|value|{first}", SANITY))
     if rows.shape[1] > 1:
-        within = (rows.max(axis=1) - rows.min(axis=1)) / unit
+        within = (rows.max(axis=1).astype(np.float64) - rows.min(axis=1)) / unit
         best = int(np.argmax(within))
         checks.append(Check(f"sanity_map_spread[{name}]", float(within[best]), TENSORS_SANITY["map_spread"],
                             f"largest range within one item ({source_name(sources[best])}) over the output's "
