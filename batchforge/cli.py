@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factory", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="a user model's factory to build its PyTorch reference with (repeatable): parity "
                         "imports the factory export.json names only when it is a zoo model's or given here")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a run is UNINFORMATIVE: the FP32 reference gives (nearly) the same output "
+                        "for different inputs (sanity_* checks), so agreement with it proves little "
+                        "(default: a WARNING on stderr, exit 0)")
     _add_backend(p, default="onnxruntime")
     _add_common(p)
     p.set_defaults(handler="batchforge.parity.commands:cmd_parity")

@@ -57,6 +57,8 @@ class ScoreAgreement:
     tied_first: int  # rows with more than one class tied at top-1
     largest_tie: int
     tied_top: int  # rows with reference ties at rank k
+    disagreeing: tuple[int, ...] = ()  # rows whose engine top-1 is no tied best of the reference
+    worst_overlap_row: int | None = None  # the row of the smallest top-k overlap (None: all full, or classes <= k)
 
 
 def tie_aware_scores(reference: np.ndarray, actual: np.ndarray, tie: float, k: int) -> ScoreAgreement | None:
@@ -76,12 +78,15 @@ def tie_aware_scores(reference: np.ndarray, actual: np.ndarray, tie: float, k: i
     rows = np.arange(len(ref_rows))
     k = min(k, classes)
     act_top, _ = top_k(act_rows, k)
-    agreement = float(np.mean(tied_first[rows, act_top[:, 0]]))
-    overlap, tied_top = None, 0
+    agrees = tied_first[rows, act_top[:, 0]]
+    agreement = float(np.mean(agrees))
+    overlap, tied_top, worst = None, 0, None
     if classes > k:
         kth = np.sort(ref_rows, axis=1)[:, -k][:, None]
         within = ref_rows >= kth - margin  # (R, C): within the top k, ties included
-        overlap = float(np.mean(within[rows[:, None], act_top].sum(axis=1) / k))
+        shares = within[rows[:, None], act_top].sum(axis=1) / k
+        overlap, worst = float(np.mean(shares)), (int(np.argmin(shares)) if shares.min() < 1 else None)
         tied_top = int(np.sum(within.sum(axis=1) > k))
     return ScoreAgreement(len(ref_rows), classes, agreement, overlap, int(np.sum(tied_first.sum(axis=1) > 1)),
-                          int(tied_first.sum(axis=1).max()), tied_top)
+                          int(tied_first.sum(axis=1).max()), tied_top,
+                          tuple(int(r) for r in np.flatnonzero(~agrees)), worst)

@@ -45,6 +45,53 @@ def at_most(value: float, reason: str) -> Limit:
 
 
 SPEC = "SPEC starting tier"
+_START = "starting value, not yet measured on a trained model"
+# tensors: the limits of the output kinds a spec declares (runtime/post/tensors.py OutputKind).
+# probability_map: values are probabilities, so errors are absolute (the raw max_rel tier at the
+# map's 0-1 scale), on the elements above the floor only; the IoU of the maps binarised at the
+# threshold leaves out elements whose reference is within map_max_abs of it (they may flip).
+# boxes_scores: box channels in pixels, judged on anchors the reference scores at or above the
+# threshold (a background anchor's box is never used); scores as the detector family's.
+_TENSORS_KINDS: dict[Precision, dict[str, Limit]] = {
+    FP32: {
+        "map_cosine": at_least(0.99999, SPEC + " (raw cosine), per item over elements above the floor"),
+        "map_max_abs": at_most(1e-4, "the raw max_rel tier at the map's 0-1 scale"),
+        "map_iou": at_least(0.99, _START + ": ambiguous elements (within map_max_abs of the threshold) "
+                                  "are left out, so fp32 should give 1.0"),
+        "box_px": at_most(0.1, "SPEC raw tier 1e-4 rel of a ~1000 px extent"),
+        "score_abs": at_most(5e-4, "as the detector family's fp32 score_abs (measured 1.3e-4)"),
+        "score_flips": at_most(0.0, "the detector family's recall 1.0: no scored anchor crosses the threshold"),
+    },
+    FP16: {
+        "map_cosine": at_least(0.9995, SPEC + " (raw cosine), per item over elements above the floor"),
+        "map_max_abs": at_most(2e-2, "the raw max_rel tier at the map's 0-1 scale"),
+        "map_iou": at_least(0.98, _START),
+        "box_px": at_most(1.0, "SPEC 1e-3 rel of a ~1000 px extent (as batch_boxes_max_abs)"),
+        "score_abs": at_most(0.03, "as the detector family's fp16 score_abs (measured 0.0143)"),
+        "score_flips": at_most(0.01, "the detector family's recall tier 0.99"),
+    },
+    INT8: {
+        "map_cosine": at_least(0.98, SPEC + " (raw cosine), per item over elements above the floor"),
+        "map_max_abs": at_most(0.25, "the raw max_rel tier at the map's 0-1 scale"),
+        "map_iou": at_least(0.9, _START),
+        "box_px": at_most(10.0, "SPEC 1e-2 rel of a ~1000 px extent (as batch_boxes_max_abs)"),
+        "score_abs": at_most(0.05, "as the detector family's int8 score_abs (SPEC)"),
+        "score_flips": at_most(0.1, "the detector family's recall tier 0.9"),
+    },
+}
+# tensors: does the FP32 reference respond to its input at all? Agreement of an engine with a
+# reference that gives every item the same output proves nothing (issue #27: an untrained
+# shufflenet_v2 gave logits spread 1e-6 over 16 photographs). Failing one of these marks the run
+# UNINFORMATIVE (exit 0; 1 with ``parity --strict``), not FAILED: the engine may be right.
+TENSORS_SANITY: dict[str, Limit] = {
+    "item_spread": at_least(1e-3, "10 x the fp32 raw_max_rel tier: items must differ by more than "
+                                  "the error the fp32 gate accepts, or agreement cannot tell them apart"),
+    "identical_pairs": at_most(0.5, "share of item pairs within 1e-4 (fp32 raw_max_rel) of each other; "
+                                    "a constant model gives 1.0, a few repeated inputs far less"),
+    "map_spread": at_least(1e-3, "within an item, a map or vector must vary by more than 10 x the fp32 "
+                                 "raw_max_rel tier somewhere in the set"),
+    "classes": at_least(2.0, "one argmax class for every item: class agreement cannot fail"),
+}
 # keypoints: joints whose reference peak has another cell within 2 x the tier's raw tolerance are
 # compared by value, not by pixel (parity/keypoints.py); when more than a tenth are, the heatmaps
 # are too flat for the tier and the pixel check no longer decides enough joints to mean anything
@@ -393,6 +440,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "score_tie": at_most(1e-6, "as reid: scores closer than ~8 float32 ulps of the row's "
                                        "largest value have no order"),
             "batch_max_abs": at_most(1e-5, "SPEC fp32 batch tier, relative to the output's largest |value|"),
+            **_TENSORS_KINDS[FP32],
         },
         FP16: {
             "raw_cosine": at_least(0.9995, SPEC),
@@ -404,6 +452,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "score_tie": at_most(1e-3, "as reid: fp16 rounds each value by up to 4.9e-4 relative, so "
                                        "scores within 1e-3 of the row's scale can swap"),
             "batch_max_abs": at_most(1e-3, "SPEC batch tier for fp16 (1e-3 rel)"),
+            **_TENSORS_KINDS[FP16],
         },
         INT8: {
             "raw_cosine": at_least(0.98, SPEC),
@@ -415,6 +464,7 @@ TOLERANCES: dict[str, dict[Precision, dict[str, Limit]]] = {
             "score_tie": at_most(1e-2, "as reid: int8 rounds activations by 1/255 of their range "
                                        "(3.9e-3), so scores within 1e-2 can swap"),
             "batch_max_abs": at_most(1e-2, "SPEC batch tier for int8 (1e-2 rel)"),
+            **_TENSORS_KINDS[INT8],
         },
     },
 }
@@ -473,7 +523,8 @@ def known_failure(model: str, precision: Precision) -> str | None:
 # tensors: a spec's postprocess.outputs.<o>.tolerances.<precision> field -> (limit key, min/max)
 TENSORS_OVERRIDES = {"max_abs": ("max_abs", "max"), "max_rel": ("raw_max_rel", "max"),
                      "min_cosine": ("row_cosine", "min"), "argmax_agreement": ("argmax_agreement", "min"),
-                     "topk_overlap": ("topk_overlap", "min")}
+                     "topk_overlap": ("topk_overlap", "min"), "min_iou": ("map_iou", "min"),
+                     "box_px": ("box_px", "max"), "score_abs": ("score_abs", "max")}
 
 
 def tensors_output_limits(limits: Mapping[str, Limit], options: OutputOptions, output: str,

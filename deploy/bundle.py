@@ -89,9 +89,10 @@ def passed_parity(path: Path, names: list[str], precision: Precision) -> dict[st
     if missing:
         raise UsageError(f"parity report {path} has no {precision.value} run of {', '.join(missing)}",
                          hint=f"run `batchforge parity {names[-1]} --precision {precision.value} --report FILE`")
-    failed = [f"{n} ({runs[n].get('status')})" for n in names if runs[n].get("status") != "PASSED"]
+    # a run that passed is written with status "passed" (ModelReport.status); "PASSED" is the verdict
+    failed = [f"{n} ({runs[n].get('status')})" for n in names if runs[n].get("status") != "passed"]
     if failed:
-        raise UsageError(f"parity report {path} shows {', '.join(failed)} at {precision.value}, expected PASSED",
+        raise UsageError(f"parity report {path} shows {', '.join(failed)} at {precision.value}, expected passed",
                          hint="a bundle carries only what passed the gate; fix the model or leave --parity-report out")
     return {"source": str(path), "source_sha256": sha256_file(path), "verdict": "PASSED",
             "backend": report.get("backend"), "versions": report.get("versions"),

@@ -53,10 +53,11 @@ def raw_checks(ctx: ModelContext, family: FamilyParity) -> list[Check]:
             checks.append(Check(f"raw_shape[{output}]", math.inf, limits["raw_max_rel"],
                                 f"reference {ref.shape}, engine {got.shape}"))
             continue
+        ref, got, view = family.raw_view(ctx, output, ref, got)
         max_abs, max_rel, cosine = compare_arrays(ref, got)
-        checks.append(Check(f"raw_cosine[{output}]", cosine, limits["raw_cosine"]))
+        checks.append(Check(f"raw_cosine[{output}]", cosine, limits["raw_cosine"], view))
         checks.append(Check(f"raw_max_rel[{output}]", max_rel, limits["raw_max_rel"],
-                            f"max abs {max_abs:.3g}"))
+                            f"max abs {max_abs:.3g}" + (f"; {view}" if view else "")))
     return checks
 
 
@@ -145,7 +146,7 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
             # localisation needs only the prepared inputs (kept by ctx): the engine session and its
             # arena (EfficientNet-B3 int8 at batch 32: ~3 GB) go first: they were resident under it before
             session.release(name, precision)
-            if precision is not Precision.FP32 and not report.passed:
+            if precision is not Precision.FP32 and not report.agrees:
                 report.localisation = _localise(ctx)
                 report.notes.append(localise.summary(report.localisation))
     except BatchforgeError as exc:
@@ -156,7 +157,7 @@ def check_model(session: ParitySession, name: str, precision: Precision) -> Mode
     ran = getattr(session, "runner_names", {})  # a stand-in session in tests may have none
     report.artifacts = [a for key in [name, *members] for a in ran.get((key, precision.value), [])]
     listed = known_failure(name, precision)  # models and ensembles alike
-    if listed and report.passed:
+    if listed and report.agrees:
         report.notes.append("listed in KNOWN_FAILURES (batchforge/tolerances.py) but passed: remove the entry")
     elif listed and report.error is None:
         report.known_failure = listed
@@ -171,9 +172,21 @@ def _localise(ctx: ModelContext) -> dict[str, Any]:
                              [p.feed for p in ctx.engine.prepared], value)
 
 
-def exit_code(reports: Sequence[ModelReport], allow_known_failures: bool = False) -> int:
-    """2 if any run could not run, else 1 if any failed (known failures only when not allowed)."""
+def exit_code(reports: Sequence[ModelReport], allow_known_failures: bool = False, strict: bool = False) -> int:
+    """2 if any run could not run, else 1 if any failed (known failures only when not allowed;
+    UNINFORMATIVE runs, whose reference does not respond to its input, only when ``strict``)."""
     if any(r.error is not None for r in reports):
         return 2
-    accepted = ("passed", "KNOWN FAILURE") if allow_known_failures else ("passed",)
+    accepted = {"passed"} | ({"KNOWN FAILURE"} if allow_known_failures else set()) | (
+        set() if strict else {"UNINFORMATIVE"})
     return 0 if all(r.status in accepted for r in reports) else 1
+
+
+def verdict(reports: Sequence[ModelReport], code: int) -> str:
+    """The run's word: COULD NOT RUN, FAILED, UNINFORMATIVE (every engine agrees but some reference
+    does not respond to its input: never a plain pass), or PASSED."""
+    if code == 2:
+        return "COULD NOT RUN"
+    if code == 1 and any(r.status != "UNINFORMATIVE" and not r.passed for r in reports):
+        return "FAILED"
+    return "UNINFORMATIVE" if any(r.status == "UNINFORMATIVE" for r in reports) else "PASSED"

@@ -3,29 +3,56 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchforge.tolerances import Limit
 
+AGREEMENT, SANITY, SHOWN = "agreement", "sanity", "shown"
+
+
+def source_name(source: str) -> str:
+    """An evaluation item as a user finds it: the file name (``05_moon.png``), the ``.npz`` key
+    (``inputs.npz[3]``) or the generated sample's name; never a bare index."""
+    return os.path.basename(source) or source
+
 
 @dataclass(frozen=True)
 class Check:
-    """One measured metric against its limit."""
+    """One measured metric against its limit.
+
+    ``role``: ``agreement`` (engine against reference: a failure fails the run), ``sanity`` (the
+    reference alone: a failure makes the run UNINFORMATIVE, see ModelReport.status) or ``shown``
+    (a value reported beside a check that decides, e.g. plain argmax agreement beside the
+    tie-aware one: never judged, its limit is the deciding check's, for comparison).
+    """
 
     name: str
     value: float
     limit: Limit
     detail: str = ""
+    role: str = AGREEMENT
 
     @property
     def passed(self) -> bool:
+        if self.role == SHOWN:
+            return True
         return not math.isnan(self.value) and self.limit.passes(self.value)
+
+    @property
+    def result(self) -> str:
+        """The report's word for it: pass, FAIL, UNINFORMATIVE, or shown (not judged)."""
+        if self.role == SHOWN:
+            return "shown (not judged)"
+        if self.passed:
+            return "pass"
+        return "UNINFORMATIVE" if self.role == SANITY else "FAIL"
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value, "limit": self.limit.value,
-                "kind": self.limit.kind, "passed": self.passed, "detail": self.detail,
-                "reason": self.limit.reason}
+                "kind": self.limit.kind, "passed": self.passed, "result": self.result, "role": self.role,
+                "detail": self.detail, "reason": self.limit.reason}
 
 
 @dataclass
@@ -44,8 +71,18 @@ class ModelReport:
     artifacts: list[str] = field(default_factory=list)  # the runners that ran (model:precision:backend[:artifact])
 
     @property
+    def agrees(self) -> bool:
+        """Every agreement check passed (sanity checks aside)."""
+        return self.error is None and bool(self.checks) and all(c.passed for c in self.checks if c.role != SANITY)
+
+    @property
+    def uninformative(self) -> list[Check]:
+        """The failed sanity checks: the reference does not respond to its input there."""
+        return [c for c in self.checks if c.role == SANITY and not c.passed]
+
+    @property
     def passed(self) -> bool:
-        return self.error is None and bool(self.checks) and all(c.passed for c in self.checks)
+        return self.agrees and not self.uninformative
 
     @property
     def status(self) -> str:
@@ -53,6 +90,8 @@ class ModelReport:
             return "could not run"
         if self.passed:
             return "passed"
+        if self.agrees:
+            return "UNINFORMATIVE"
         return "KNOWN FAILURE" if self.known_failure else "FAILED"
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,9 +121,13 @@ def to_markdown(reports: list[ModelReport]) -> str:
             lines.append(f"| {r.model} | {r.precision} | {r.backend} | - | - | - | could not run: {r.error} |")
             continue
         for c in r.checks:
-            mark = "pass" if c.passed else "**FAIL**"
+            mark = c.result if c.passed else f"**{c.result}**"
             lines.append(f"| {r.model} | {r.precision} | {r.backend} | {c.name} | {_fmt(c.value)} | "
                          f"{c.limit.symbol} {_fmt(c.limit.value)} | {mark} |")
+    warned = [f"- **UNINFORMATIVE** {r.model} {r.precision}: {uninformative_line(r)}"
+              for r in reports if r.error is None and r.uninformative]
+    if warned:
+        lines += ["", "Warnings:", *warned]
     notes = [f"- {r.model} {r.precision}: ran {', '.join(r.artifacts)}" for r in reports if r.artifacts]
     notes += [f"- {r.model} {r.precision}: {n}" for r in reports for n in r.notes]
     if notes:
@@ -92,11 +135,22 @@ def to_markdown(reports: list[ModelReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def uninformative_line(report: ModelReport) -> str:
+    """Why a run's agreement proves little: its failed sanity checks, with what to do."""
+    found = "; ".join(f"{c.name} = {_fmt(c.value)} (needs {c.limit.symbol} {_fmt(c.limit.value)}: {c.detail})"
+                      for c in report.uninformative)
+    verdict = ("the engine agrees with it, but agreement with a reference that does not respond to its "
+               "input proves little" if report.agrees else "and the engine does not agree with it")
+    return (f"the FP32 reference gives (nearly) the same output for different inputs: {found}; {verdict}. "
+            "Check that the factory loads trained weights and that the inputs differ "
+            "(parity --strict makes this exit 1)")
+
+
 def summary_lines(reports: list[ModelReport]) -> list[str]:
     """One line per model/precision: status, failing checks, time."""
     out = []
     for r in reports:
-        failing = [c for c in r.checks if not c.passed]
+        failing = [c for c in r.checks if not c.passed and (c.role != SANITY or r.agrees)]
         detail = r.error or (", ".join(f"{c.name}={_fmt(c.value)} (limit {c.limit.symbol} "
                                        f"{_fmt(c.limit.value)})" for c in failing) or
                              f"{len(r.checks)} checks")

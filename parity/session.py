@@ -90,6 +90,12 @@ class FamilyParity(abc.ABC):
         spec declare per-output tolerances."""
         return ctx.limits
 
+    def raw_view(self, ctx: ModelContext, output: str, reference: np.ndarray, engine: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The part of one raw output the gate's raw checks compare, and a note saying which (by
+        default all of it, no note)."""
+        return reference, engine, ""
+
     @abc.abstractmethod
     def task_checks(self, ctx: ModelContext) -> list[Any]:
         """Checks on decoded outputs (list of parity.report.Check)."""
@@ -131,6 +137,7 @@ class ParitySession:
         self._reference_runs: dict[tuple[str, str], ReferenceRun] = {}
         self._engine_runs: dict[tuple[str, str, str], EngineRun] = {}
         self._eval_sets: dict[str, EvalSet] = {}
+        self._on_engine_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self.runner_names: dict[tuple[str, str], list[str]] = {}  # the artifacts each run loaded
 
     def ran(self, name: str, precision: Precision, pipeline: Any) -> None:
@@ -200,6 +207,19 @@ class ParitySession:
             self._modules.pop(name, None)
         return self._reference_runs[key]
 
+    def reference_on_engine_inputs(self, name: str, spec: ModelSpec, eval_set: EvalSet,
+                                   prepared: Sequence[Prepared]) -> dict[str, np.ndarray]:
+        """The FP32 PyTorch outputs on the runtime's preprocessed feeds (``prepared``), once per
+        model and evaluation set: against ``reference_run`` (torch preprocessing) it measures what
+        preprocessing alone changes, the floor no engine comparison can go below."""
+        key = (name, eval_set.key)
+        if key not in self._on_engine_inputs:
+            with TorchRunner(self.module(name), spec) as runner:
+                self._on_engine_inputs[key] = self._batched(runner.infer, [p.feed for p in prepared],
+                                                            spec.profile.opt, f"{name} reference on runtime inputs")
+            self._modules.pop(name, None)
+        return self._on_engine_inputs[key]
+
     def engine_run(self, name: str, precision: Precision, eval_set: EvalSet, *,
                    raw_only: bool = False) -> EngineRun:
         """The engine's outputs through the runtime pipeline (its preprocessing, max batch).
@@ -250,6 +270,7 @@ class ParitySession:
                 run.pipeline.deactivate()
         self._engine_runs.clear()
         self._reference_runs.clear()
+        self._on_engine_inputs.clear()
         self._modules.clear()
         release_memory()
 

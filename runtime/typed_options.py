@@ -1,11 +1,11 @@
 """Typed option dataclasses filled from JSON, with every wrong key, type and value named.
 
 An options dataclass calls ``settle(self)`` in ``__post_init__``: each field is checked against
-its annotation (``int``, ``float``, ``bool``, ``str``, an Enum, a nested options dataclass, or
-``X | None`` of those), converted (Enum from its value, nested dataclass from a mapping, int to
-float), and then the class's own ``value_problems()`` run. All problems are collected and raised
-once as a ConfigError whose ``problems`` name each field by its dotted path, e.g.
-``defects.min_area: expected an integer, got str '5'``.
+its annotation (``int``, ``float``, ``bool``, ``str``, an Enum, a nested options dataclass, a
+fixed ``tuple[int, int]`` (a JSON list), or ``X | None`` of those), converted (Enum from its
+value, nested dataclass from a mapping, int to float), and then the class's own
+``value_problems()`` run. All problems are collected and raised once as a ConfigError whose
+``problems`` name each field by its dotted path, e.g. ``defects.min_area: expected an integer, got str '5'``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,15 @@ def convert(value: Any, hint: Any, path: str) -> tuple[Any, list[str]]:
         return float(value), []
     if hint is str:
         return value, [] if isinstance(value, str) else [f"{path}: expected a string, got {_describe(value)}"]
+    if origin is tuple:  # a fixed-length tuple of one scalar type, from a JSON list
+        args = typing.get_args(hint)
+        what = f"a list of {len(args)} {'integers' if args[0] is int else 'numbers'}"
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return value, [f"{path}: expected {what}, got {_describe(value)}"]
+        converted = [convert(v, a, path) for v, a in zip(value, args)]
+        if any(found for _, found in converted):
+            return value, [f"{path}: expected {what}, got {_describe(value)}"]
+        return tuple(v for v, _ in converted), []
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return _convert_enum(value, hint, path)
     if dataclasses.is_dataclass(hint):

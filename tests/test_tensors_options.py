@@ -43,7 +43,8 @@ def test_unknown_keys_and_wrong_values_are_each_named():
                "top_k": 0})
     problems = info.value.problems
     assert "unknown key 'outputs.logits.tolerence'" in problems
-    assert "outputs.logits.kind: expected one of 'values', 'logits', 'probabilities', got str 'logit'" in problems
+    assert ("outputs.logits.kind: expected one of 'values', 'logits', 'probabilities', 'probability_map', "
+            "'boxes_scores', got str 'logit'") in problems
     assert "outputs.logits.tolerances.fp16.max_rel: expected a number >= 0, got -1.0" in problems
     assert "unknown key 'outputs.logits.tolerances.bf16'" in problems
     assert "unknown key 'outputs.logits.tolerances.fp16.cos'" in problems

@@ -73,8 +73,10 @@ def test_classifier_passes_fp32_with_its_checks_per_output(classifier, tmp_path)
     code, model = parity(classifier, "cls", tmp_path / "r.json")
     assert code == 0, model
     assert [c["name"] for c in model["checks"]] == [
-        "raw_cosine[logits]", "raw_max_rel[logits]", "row_cosine_min[logits]", "argmax_agreement[logits]",
-        "top3_overlap[logits]", "batch1_vs_max[logits]", "batch4_vs_max[logits]"]
+        "raw_cosine[logits]", "raw_max_rel[logits]", "sanity_item_spread[logits]", "sanity_identical_pairs[logits]",
+        "sanity_map_spread[logits]", "sanity_classes[logits]", "preprocess_floor_max_rel[logits]",
+        "row_cosine_min[logits]", "argmax_agreement[logits]",
+        "argmax_plain_agreement[logits]", "top3_overlap[logits]", "batch1_vs_max[logits]", "batch4_vs_max[logits]"]
     argmax = next(c for c in model["checks"] if c["name"] == "argmax_agreement[logits]")
     assert argmax["value"] == 1.0 and "32 rows of 10 classes" in argmax["detail"]
 

@@ -229,3 +229,94 @@ def self_loading_embedder() -> nn.Module:
     trained["features.1.running_var"] = trained["features.1.running_var"].abs() + 0.5
     model.load_state_dict(trained)
     return model.eval()
+
+
+# --- tensors parity: sanity and output kinds (tests/parity/test_parity_sanity.py, *_output_kinds.py) --
+class ConstantLogits(TinyClassifier):
+    """The same logits for every input: its features are multiplied by zero before the head."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)) * 0.0)
+
+
+def constant_logits() -> nn.Module:
+    return _classifier(ConstantLogits)
+
+
+MAP_SIZE = 16
+
+
+class NearEmptyMap(nn.Module):
+    """x (B, 1, 16, 16) -> a probability map (B, 1, 16, 16): sigmoid(-25 + 40 * relu(conv(x))), about
+    1.4e-11 wherever x <= 0 (a text map on a photograph without text), up to 1 where x is ~1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-25.0 + 40.0 * torch.relu(self.conv(x)))
+
+
+def near_empty_map() -> nn.Module:
+    return NearEmptyMap().eval()
+
+
+def map_items(count: int = 8):  # -> np.ndarray (numpy imported here: this file imports torch only)
+    """(count, 1, 16, 16) float32 inputs of NearEmptyMap: the even items are 0 everywhere (an empty
+    map), each odd one has a 3x3 blob of values 0.5..1 at its own place (a small region on)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    items = np.zeros((count, 1, MAP_SIZE, MAP_SIZE), np.float32)
+    for i in range(1, count, 2):
+        y, x = 2 + (3 * i) % 10, 1 + (5 * i) % 11
+        items[i, 0, y:y + 3, x:x + 3] = rng.uniform(0.5, 1.0, (3, 3))
+    return items
+
+
+ANCHORS, FEATURES = 12, 6
+BACKGROUND_ANCHOR = 7  # its score bias keeps it far under any threshold
+
+
+class BoxesScores(nn.Module):
+    """x (B, 12, 6) -> (B, 12, 5): per anchor a box in pixels (x1, y1, x2, y2: tens to hundreds)
+    and an objectness score in (0, 1), one tensor as many detectors' raw heads emit it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.box = nn.Linear(FEATURES, 4)
+        self.score = nn.Linear(FEATURES, 1)
+        self.anchor_box = nn.Parameter(torch.linspace(20.0, 600.0, ANCHORS)[:, None].repeat(1, 4))
+        bias = torch.linspace(-1.5, 2.0, ANCHORS)
+        bias[BACKGROUND_ANCHOR] = -12.0
+        self.anchor_score = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        boxes = self.anchor_box + 40.0 * self.box(x)
+        scores = torch.sigmoid(self.score(x)[..., 0] + self.anchor_score)
+        return torch.cat([boxes, scores[..., None]], dim=-1)
+
+
+def boxes_scores() -> nn.Module:
+    return BoxesScores().eval()
+
+
+class ScaledIdentity(nn.Module):
+    """Its input times a learnt 1.0: the output is the preprocessed image itself, so the engine's
+    own error is 0 and everything the two sides differ by is the preprocessing floor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.scale
+
+
+def scaled_identity() -> nn.Module:
+    return ScaledIdentity().eval()

@@ -77,7 +77,8 @@ def test_tensors_options_are_parsed_by_the_pipeline_options_type(tmp_path, capsy
     assert code == 2
     assert lines[:-1] == [
         "spec.postprocess.top_k: expected an integer >= 1, got 0",
-        "spec.postprocess.outputs.logits.kind: expected one of 'values', 'logits', 'probabilities', got str 'scores'",
+        "spec.postprocess.outputs.logits.kind: expected one of 'values', 'logits', 'probabilities', "
+        "'probability_map', 'boxes_scores', got str 'scores'",
         "unknown key 'spec.postprocess.outputs.logits.tolerances.fp16.cos'",
     ]
 
