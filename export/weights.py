@@ -173,8 +173,11 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         if not isinstance(tensor, torch.Tensor):  # a module's extra state: not weights
             continue
-        value = tensor.detach().cpu().contiguous()
+        value = tensor.detach().cpu()
         header = [name, str(value.dtype), ",".join(map(str, value.shape))]
         digest.update(b"".join(part.encode() + b"\0" for part in header))
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        # a fresh 1-D copy: .contiguous() keeps a size-1 dim's stride of 0 (an expanded or
+        # broadcast buffer, e.g. onnx2torch's), which .view(torch.uint8) refuses
+        flat = torch.empty(value.numel(), dtype=value.dtype).copy_(value.reshape(-1))
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

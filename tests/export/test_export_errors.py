@@ -135,3 +135,19 @@ def test_failures_are_classified_from_the_whole_chain_and_named_by_the_root_caus
         assert failure.category is category, (inner, failure)
         assert failure.cause.startswith(cause) and "\x1b" not in failure.cause, failure.cause
         assert "test_export_errors.py:" in failure.cause  # the innermost frame outside torch
+
+
+def test_state_dict_hash_takes_a_broadcast_buffer_and_hashes_its_values():
+    """PP-OCR's detector through onnx2torch holds a one-element buffer with stride 0 (expanded):
+    the hash once raised there (a traceback from `export`); now it equals the plain tensor's."""
+    import torch
+
+    from batchforge.export.weights import state_dict_sha256
+
+    expanded, plain = torch.nn.Module(), torch.nn.Module()
+    expanded.register_buffer("scale", torch.tensor(2.0).expand(1, 1, 1))
+    plain.register_buffer("scale", torch.tensor([[[2.0]]]))
+    assert expanded.scale.stride() == (0, 0, 0)
+    assert state_dict_sha256(expanded) == state_dict_sha256(plain)
+    plain.scale.fill_(3.0)
+    assert state_dict_sha256(expanded) != state_dict_sha256(plain)
