@@ -103,6 +103,38 @@ def replant_onnx(artifacts: ModelArtifacts, precision: Precision, mutate) -> Non
     write_json_atomic(sidecar, record)
 
 
+def export_factory(root: Path, factory: str, spec: dict, *extra: str) -> int:
+    """``batchforge export --factory user_models:FACTORY`` of ``spec`` (written as ROOT/NAME.json)
+    into ROOT/artifacts, as a user exports their own model; the exit code."""
+    import json
+
+    from batchforge.cli import main
+
+    path = root / f"{spec['name']}.json"
+    path.write_text(json.dumps(spec))
+    return main(["export", "--factory", f"user_models:{factory}", "--spec", str(path),
+                 "--output-dir", str(root / "artifacts"), *extra])
+
+
+def planted_copy(artifacts_dir: Path, tmp_path: Path, name: str, mutate) -> ModelArtifacts:
+    """A copy of the artifacts whose FP32 ONNX initialisers ``mutate`` edits ((name, array) -> new
+    array, or None to keep it), re-recorded as a faulty export would: only parity can catch it."""
+    import shutil
+
+    shutil.copytree(artifacts_dir, tmp_path / "artifacts")
+    copy = ModelArtifacts.at(tmp_path / "artifacts", name)
+
+    def edit(model):
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            changed = mutate(init.name, array.copy())
+            if changed is not None:
+                init.CopyFrom(numpy_helper.from_array(changed.astype(array.dtype), init.name))
+
+    replant_onnx(copy, Precision.FP32, edit)
+    return copy
+
+
 def replant_cpu_int8(artifacts: ModelArtifacts, mutate) -> None:
     """``replant_onnx`` for the CPU INT8 artifact (``model.int8.cpu.onnx``, ``cpu_onnx`` record)."""
     import json

@@ -1,25 +1,19 @@
 """tensors family end to end: export -> parity with per-output checks; planted faults fail by name."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from conftest import coverage_paused
-from helpers import edit_export_spec, replant_onnx
-from onnx import numpy_helper
+from helpers import edit_export_spec, export_factory, planted_copy
 from user_models import tensors_spec
 
 from batchforge.cli import main
-from batchforge.runtime.artifacts import ModelArtifacts, Precision
 
 
 def export(root, factory: str, spec: dict) -> None:
-    path = root / f"{spec['name']}.json"
-    path.write_text(json.dumps(spec))
     with coverage_paused():
-        assert main(["export", "--factory", f"user_models:{factory}", "--spec", str(path),
-                     "--output-dir", str(root / "artifacts")]) == 0
+        assert export_factory(root, factory, spec) == 0
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +42,6 @@ def failing(model: dict) -> set[str]:
     return {c["name"] for c in model["checks"] if not c["passed"]}
 
 
-def planted(artifacts, tmp_path, name: str, mutate) -> ModelArtifacts:
-    """A copy of the artifacts whose FP32 ONNX initialisers ``mutate`` edits (by name -> array),
-    re-recorded as a faulty export would: only parity can catch it."""
-    shutil.copytree(artifacts, tmp_path / "artifacts")
-    copy = ModelArtifacts.at(tmp_path / "artifacts", name)
-
-    def edit(model):
-        for init in model.graph.initializer:
-            array = numpy_helper.to_array(init)
-            changed = mutate(init.name, array.copy())
-            if changed is not None:
-                init.CopyFrom(numpy_helper.from_array(changed.astype(array.dtype), init.name))
-
-    replant_onnx(copy, Precision.FP32, edit)
-    return copy
-
-
 def head_bias(name: str) -> bool:
     return name.endswith("head.bias")
 
@@ -83,7 +60,7 @@ def test_classifier_passes_fp32_with_its_checks_per_output(classifier, tmp_path)
 
 def test_a_shifted_bias_fails_max_rel_alone(classifier, tmp_path):
     """Every logit moves by 5e-4 (max |logit| ~1.5): ranks and cosines keep, the relative error does not."""
-    planted(classifier, tmp_path, "cls", lambda n, a: a + 5e-4 if head_bias(n) else None)
+    planted_copy(classifier, tmp_path, "cls", lambda n, a: a + 5e-4 if head_bias(n) else None)
     code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
     assert code == 1
     assert failing(model) == {"raw_max_rel[logits]"}
@@ -97,7 +74,7 @@ def test_two_swapped_classes_fail_argmax_and_topk(classifier, tmp_path):
         array[[0, 3]] = array[[3, 0]]
         return array
 
-    planted(classifier, tmp_path, "cls", swap)
+    planted_copy(classifier, tmp_path, "cls", swap)
     code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
     assert code == 1
     assert failing(model) == {"argmax_agreement[logits]", "top3_overlap[logits]", "row_cosine_min[logits]",
@@ -108,7 +85,7 @@ def test_two_swapped_classes_fail_argmax_and_topk(classifier, tmp_path):
 def test_a_declared_limit_is_checked_for_that_output(classifier, tmp_path, field, limit):
     """The spec tightens one limit for the logits at fp32: a 1e-5 shift of every logit passes the
     tier (raw max_rel 1e-4) but fails the declared limit, whose reason names the spec path."""
-    copy = planted(classifier, tmp_path, "cls", lambda n, a: a + 1e-5 if head_bias(n) else None)
+    copy = planted_copy(classifier, tmp_path, "cls", lambda n, a: a + 1e-5 if head_bias(n) else None)
     edit_export_spec(copy, lambda s: s["postprocess"]["outputs"]["logits"].update(
         tolerances={"fp32": {field: limit}}))
     code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
@@ -122,7 +99,7 @@ def test_a_declared_limit_is_checked_for_that_output(classifier, tmp_path, field
 def test_a_declared_max_rel_can_loosen_the_tier_for_that_output(classifier, tmp_path):
     """The 5e-4 bias shift that fails the fp32 tier (see above) passes once the spec declares a
     max rel above what it measures; the check then reports the spec's limit and reason."""
-    copy = planted(classifier, tmp_path, "cls", lambda n, a: a + 5e-4 if head_bias(n) else None)
+    copy = planted_copy(classifier, tmp_path, "cls", lambda n, a: a + 5e-4 if head_bias(n) else None)
     edit_export_spec(copy, lambda s: s["postprocess"]["outputs"]["logits"].update(
         tolerances={"fp32": {"max_rel": 1e-2}}))
     code, model = parity(tmp_path / "artifacts", "cls", tmp_path / "r.json")
@@ -137,7 +114,7 @@ def test_two_outputs_are_judged_apart(two_heads, tmp_path):
     assert code == 0, model
     names = [c["name"] for c in model["checks"]]
     assert "row_cosine_min[heatmap]" in names and "argmax_agreement[heatmap]" not in names  # values, not scores
-    planted(two_heads, tmp_path, "two", lambda n, a: a * 1.01 if n.endswith("dense.weight") else None)
+    planted_copy(two_heads, tmp_path, "two", lambda n, a: a * 1.01 if n.endswith("dense.weight") else None)
     code, model = parity(tmp_path / "artifacts", "two", tmp_path / "r.json")
     assert code == 1
     assert failing(model) == {"raw_max_rel[heatmap]", "raw_cosine[heatmap]", "row_cosine_min[heatmap]"}

@@ -5,19 +5,16 @@ attributed to the exporter that baked it, and provenance that says what the fact
 import hashlib
 import json
 
+from helpers import export_factory
 from user_models import spec_dict
 
-from batchforge.cli import main
 from batchforge.runtime.artifacts import ModelArtifacts, sha256_file
 
 CAUSE = "GuardOnDataDependentSymNode: Could not guard on data-dependent expression"
 
 
 def export(tmp_path, factory: str, name: str, *extra: str) -> int:
-    spec = tmp_path / f"{name}.json"
-    spec.write_text(json.dumps(spec_dict(name)))
-    return main(["export", "--factory", f"user_models:{factory}", "--spec", str(spec),
-                 "--output-dir", str(tmp_path / "artifacts"), *extra])
+    return export_factory(tmp_path, factory, spec_dict(name), *extra)
 
 
 def test_the_fallback_is_named_with_its_cause_and_torch_output_goes_to_export_log(tmp_path, capfd):

@@ -2,6 +2,7 @@ import json
 
 import onnx
 import pytest
+from helpers import export_factory
 from user_models import spec_dict
 
 from batchforge.cli import main
@@ -107,10 +108,7 @@ def test_registry_errors_list_known_names():
 
 
 def export_user(tmp_path, factory: str, name: str, *extra: str) -> int:
-    spec = tmp_path / f"{name}.json"
-    spec.write_text(json.dumps(spec_dict(name)))
-    return main(["export", "--factory", f"user_models:{factory}", "--spec", str(spec),
-                 "--output-dir", str(tmp_path / "artifacts"), *extra])
+    return export_factory(tmp_path, factory, spec_dict(name), *extra)
 
 
 def test_view_with_the_batch_as_a_number_is_refused_naming_node_and_op(tmp_path, capsys):

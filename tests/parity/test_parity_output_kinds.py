@@ -8,8 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import coverage_paused
-from helpers import edit_export_spec, replant_onnx
-from onnx import numpy_helper
+from helpers import edit_export_spec, export_factory, planted_copy
 from user_models import BACKGROUND_ANCHOR, map_items
 
 from batchforge.cli import main
@@ -25,11 +24,8 @@ BOXES = {"kind": "boxes_scores", "box_channels": [0, 4], "score_channels": [4, 5
 
 
 def export(root, factory: str, spec: dict) -> ModelArtifacts:
-    path = root / f"{spec['name']}.json"
-    path.write_text(json.dumps(spec))
     with coverage_paused():
-        assert main(["export", "--factory", f"user_models:{factory}", "--spec", str(path),
-                     "--output-dir", str(root / "artifacts")]) == 0
+        assert export_factory(root, factory, spec) == 0
     return ModelArtifacts.at(root / "artifacts", spec["name"])
 
 
@@ -72,22 +68,6 @@ def check(run: dict, name: str) -> dict:
     return next(c for c in run["checks"] if c["name"] == name)
 
 
-def copy_with(artifacts_dir, tmp_path, name: str, mutate) -> ModelArtifacts:
-    """A copy of the artifacts whose FP32 ONNX initialisers ``mutate`` edits (name, array -> array or None)."""
-    shutil.copytree(artifacts_dir, tmp_path / "artifacts")
-    copy = ModelArtifacts.at(tmp_path / "artifacts", name)
-
-    def edit(model):
-        for init in model.graph.initializer:
-            array = numpy_helper.to_array(init)
-            changed = mutate(init.name, array.copy())
-            if changed is not None:
-                init.CopyFrom(numpy_helper.from_array(changed.astype(array.dtype), init.name))
-
-    replant_onnx(copy, Precision.FP32, edit)
-    return copy
-
-
 def test_a_near_empty_probability_map_passes_fp32_and_fp16(text_map, tmp_path):
     code, runs = parity(text_map / "artifacts", "textmap", tmp_path / "r.json", "--precision", "fp32,fp16",
                         "--data", str(text_map / "held_out.npz"))
@@ -114,7 +94,7 @@ def test_the_same_map_judged_as_plain_values_fails_on_its_empty_items(text_map, 
 
 
 def test_a_map_whose_region_the_engine_zeroes_fails_the_map_checks(text_map, tmp_path):
-    copy_with(text_map / "artifacts", tmp_path, "textmap", lambda n, a: a * 0.0 if n == "conv.weight" else None)
+    planted_copy(text_map / "artifacts", tmp_path, "textmap", lambda n, a: a * 0.0 if n == "conv.weight" else None)
     code, (run,) = parity(tmp_path / "artifacts", "textmap", tmp_path / "r.json",
                           "--data", str(text_map / "held_out.npz"))
     assert code == 1
@@ -126,7 +106,7 @@ def test_a_map_whose_region_the_engine_zeroes_fails_the_map_checks(text_map, tmp
 
 def test_a_map_weakened_under_its_threshold_fails_iou_by_name(text_map, tmp_path):
     """The engine's map moves down (conv weight x0.8): the blob's weaker elements fall under 0.3."""
-    copy_with(text_map / "artifacts", tmp_path, "textmap", lambda n, a: a * 0.8 if n == "conv.weight" else None)
+    planted_copy(text_map / "artifacts", tmp_path, "textmap", lambda n, a: a * 0.8 if n == "conv.weight" else None)
     code, (run,) = parity(tmp_path / "artifacts", "textmap", tmp_path / "r.json",
                           "--data", str(text_map / "held_out.npz"))
     assert code == 1 and "map_iou_min[map]" in failing(run) and "map_max_abs[map]" in failing(run)
@@ -142,7 +122,7 @@ def test_boxes_and_scores_pass_fp32(anchors, tmp_path):
 
 
 def test_scores_pushed_under_the_threshold_fail_by_that_check(anchors, tmp_path):
-    copy_with(anchors, tmp_path, "anchors", lambda n, a: a - 0.6 if n == "score.bias" else None)
+    planted_copy(anchors, tmp_path, "anchors", lambda n, a: a - 0.6 if n == "score.bias" else None)
     code, (run,) = parity(tmp_path / "artifacts", "anchors", tmp_path / "r.json")
     assert code == 1
     assert failing(run) == {"score_threshold_flips[head]", "score_abs[head]", "raw_max_rel[head]", "raw_cosine[head]"}
@@ -160,7 +140,7 @@ def test_a_large_box_error_on_a_background_anchor_does_not_dominate(anchors, tmp
         array[BACKGROUND_ANCHOR] += 143.0
         return array
 
-    copy = copy_with(anchors, tmp_path, "anchors", shift)
+    copy = planted_copy(anchors, tmp_path, "anchors", shift)
     code, (run,) = parity(tmp_path / "artifacts", "anchors", tmp_path / "r.json")
     assert code == 0, failing(run)
     assert check(run, "box_px[head]")["value"] < 1e-3

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from conftest import coverage_paused
+from helpers import export_factory
 from user_models import tensors_spec
 
 from batchforge.cli import main
@@ -26,11 +27,8 @@ TRUSTED = [arg for f in FACTORIES for arg in ("--factory", f"user_models:{f}")]
 
 
 def export(root, factory: str, name: str) -> None:
-    path = root / f"{name}.json"
-    path.write_text(json.dumps(tensors_spec(name)))
     with coverage_paused():
-        assert main(["export", "--factory", f"user_models:{factory}", "--spec", str(path),
-                     "--output-dir", str(root / "artifacts")]) == 0
+        assert export_factory(root, factory, tensors_spec(name)) == 0
 
 
 @pytest.fixture(scope="module")
