@@ -112,9 +112,51 @@ def _fmt(value: float) -> str:
     return f"{value:.3e}"
 
 
+def room_used(check: Check) -> float:
+    """How much of its limit's room a check's value uses: 0 = ideal, 1.0 = at the limit, above 1
+    = failed. For a maximum, value / limit; for a minimum below 1 (cosines, agreement shares),
+    (1 - value) / (1 - limit); for a minimum of 1 or more, limit / value."""
+    value, limit = check.value, check.limit.value
+    if math.isnan(value):
+        return math.inf
+    if check.limit.kind == "max":
+        return value / limit if limit > 0 else (0.0 if value <= 0 else math.inf)
+    if limit < 1:
+        return max(0.0, 1 - value) / (1 - limit)
+    return limit / value if value > 0 else math.inf
+
+
+def worst_check(report: ModelReport) -> Check | None:
+    """The agreement check nearest its limit (or furthest past it); None without checks."""
+    judged = [c for c in report.checks if c.role == AGREEMENT]
+    return max(judged, key=room_used, default=None)
+
+
+def summary_table(reports: list[ModelReport]) -> list[str]:
+    """One row per model and precision, before the detail: status, checks passed, and the
+    agreement check nearest its limit (the failing one furthest past it) with its share of the room."""
+    lines = ["| model | precision | status | checks passed | worst check (share of its limit's room) |",
+             "|---|---|---|---|---|"]
+    for r in reports:
+        judged = [c for c in r.checks if c.role != SHOWN]
+        worst = worst_check(r)
+        if r.error is not None:
+            detail = f"could not run: {r.error}"
+        elif worst is None:
+            detail = "-"
+        else:
+            detail = (f"{worst.name} = {_fmt(worst.value)} (limit {worst.limit.symbol} {_fmt(worst.limit.value)}, "
+                      f"{room_used(worst):.0%})")
+        lines.append(f"| {r.model} | {r.precision} | {r.status} | {sum(c.passed for c in judged)}/{len(judged)} "
+                     f"| {detail} |")
+    return lines
+
+
 def to_markdown(reports: list[ModelReport]) -> str:
-    """A Markdown table: one row per check, failures marked, plus a per-model summary."""
-    lines = ["| model | precision | backend | check | value | limit | result |",
+    """The summary table (one row per model and precision), then one row per check, failures
+    marked, then warnings and notes."""
+    lines = ["## Summary", "", *summary_table(reports), "", "## Every check", "",
+             "| model | precision | backend | check | value | limit | result |",
              "|---|---|---|---|---|---|---|"]
     for r in reports:
         if r.error is not None:

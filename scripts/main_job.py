@@ -246,7 +246,7 @@ def main() -> int:
     trained_reports, trained_code = trained_lane(precisions, args, out, speeds)
     timings["trained"] = time.perf_counter() - start
     SAMPLER.stop()
-    print_summary([report, *trained_reports], runs, timings, speeds)
+    print_summary([report, *trained_reports], runs, timings, speeds, Path(args.output_dir))
     return worst_exit(parity_code, trained_code)
 
 
@@ -348,16 +348,65 @@ def _run(name: str, inputs: str, run_dir: Path, args: argparse.Namespace, out: l
     return info
 
 
+SHIP_MARGIN = 1.10
+HIGHER_FIRST = ("fp32", "fp16", "int8")
+
+
+def ships(name: str, runs: dict[str, dict], speeds: dict[str, float], artifacts: Path | None) -> str:
+    """What to deploy for one model: the fastest precision whose gate run passed, a lower one only
+    when it is at least SHIP_MARGIN x the higher one's speed; with its speed, checks and (int8) the
+    nodes kept FP32, and why the others were not chosen."""
+    def checks(run: dict) -> str:
+        judged = [c for c in run["checks"] if c.get("role", "agreement") != "shown"]
+        return f"{sum(c['passed'] for c in judged)}/{len(judged)} checks"
+
+    passed = [p for p in HIGHER_FIRST if runs.get(p, {}).get("status") == "passed" and p in speeds]
+    if "fp32" not in passed:
+        return "nothing: fp32 did not pass the gate (" + (runs.get("fp32", {}).get("status") or "not run") + ")"
+    chosen = "fp32"
+    for precision in passed[1:]:
+        if speeds[precision] >= SHIP_MARGIN * speeds[chosen]:
+            chosen = precision
+    said = f"{chosen}: {speeds[chosen]:.2f}x fp32, {checks(runs[chosen])}"
+    if chosen == "int8" and artifacts is not None:
+        said += f", {int8_fp32_nodes(artifacts / name)}"
+    others = []
+    for precision in HIGHER_FIRST:
+        if precision == chosen or precision not in runs:
+            continue
+        status = runs[precision]["status"]
+        if status != "passed":
+            others.append(f"{precision} {status.lower()}")
+        elif precision in speeds:
+            others.append(f"{precision} passed at {speeds[precision]:.2f}x")
+    return said + (f" (others: {', '.join(others)})" if others else "")
+
+
+def int8_fp32_nodes(folder: Path) -> str:
+    """How many nodes the int8 artifact the CPU backend ships keeps in FP32 (calibration.json)."""
+    try:
+        record = json.loads((folder / "calibration.json").read_text())
+    except (OSError, ValueError):
+        return "FP32 nodes unknown (no calibration.json)"
+    cpu = record.get("cpu", {})
+    if cpu.get("adopted"):
+        kept = len(cpu.get("excluded", [])) + len(cpu.get("excluded_for_cpu", []))
+        return f"{kept} node(s) FP32, the fused CPU form"
+    return f"{len(record.get('excluded_by_sensitivity', []))} node(s) FP32, the Q/DQ form as written"
+
+
 def print_summary(reports: list[Path], runs: dict, timings: dict[str, float],
-                  speeds: dict[str, dict[str, float]] | None = None) -> None:
+                  speeds: dict[str, dict[str, float]] | None = None, artifacts: Path | None = None) -> None:
     """``reports``: the zoo's parity report first, then the trained models' (a missing one is
-    reported as such)."""
+    reported as such); ``artifacts``: the output folder (for the int8 artifacts' FP32 node counts)."""
     print("\n" + "=" * 78 + "\nbatchforge main job summary\n" + "=" * 78)
     gates = {report: (json.loads(report.read_text()) if report.is_file() else {"reports": [], "verdict": "missing"})
              for report in reports}
     by_model: dict[str, dict[str, str]] = {}
+    statuses: dict[str, dict[str, dict]] = {}  # model -> precision -> its run
     details = []  # failing checks, listed under the table so the columns stay aligned
     for r in (r for parity in gates.values() for r in parity["reports"]):
+        statuses.setdefault(r["model"], {})[r["precision"]] = r
         failing = [c["name"] for c in r["checks"] if not c["passed"]]
         cell = "pass" if r["status"] == "passed" else ("known" if r["status"] == "KNOWN FAILURE" else "FAIL")
         by_model.setdefault(r["model"], {})[r["precision"]] = cell
@@ -383,6 +432,14 @@ def print_summary(reports: list[Path], runs: dict, timings: dict[str, float],
               f"median of {BENCH_REPEATS} interleaved runs (reports/bench/MODEL.json)")
     if slower:
         print("slower than fp32 on this backend: " + ", ".join(slower))
+    decisions = [(name, ships(name, statuses.get(name, {}), speeds.get(name, {}), artifacts))
+                 for name in sorted(speeds)]
+    if decisions:
+        print(f"\nwhat ships on this backend: the fastest precision that passed every check; a lower one only "
+              f"when it is at least {SHIP_MARGIN:.2f}x faster than the higher one (near-ties go to the higher "
+              "precision: 3 interleaved repeats vary by about that much)")
+        for name, decision in decisions:
+            print(f"  {name:{width}} {decision}")
     if details:
         print("\nnot passed (known = a measured failure of the stand-in weights, listed in "
               "batchforge/tolerances.py):\n" + "\n".join(details))

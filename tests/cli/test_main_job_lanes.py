@@ -97,3 +97,26 @@ def test_the_summary_joins_the_zoo_gate_and_each_trained_model_gate(main_job, tm
 @pytest.mark.parametrize(("codes", "worst"), [((0, 0), 0), ((0, 1), 1), ((1, 2), 2), ((2, 0), 2)])
 def test_the_job_exits_with_the_worse_gate(main_job, codes, worst):
     assert main_job.worst_exit(*codes) == worst
+
+
+def _runs(**statuses: str) -> dict:
+    ok = [{"name": "a", "passed": True}, {"name": "b", "passed": True},
+          {"name": "plain", "passed": True, "role": "shown"}]
+    return {p: {"status": s, "checks": ok} for p, s in statuses.items()}
+
+
+def test_what_ships_is_the_fastest_passing_precision_and_near_ties_go_higher(main_job, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "calibration.json").write_text(json.dumps(
+        {"excluded_by_sensitivity": ["n1", "n2"], "cpu": {"adopted": True, "excluded": ["n1", "n2"],
+                                                          "excluded_for_cpu": ["n3"]}}))
+    runs = _runs(fp32="passed", fp16="passed", int8="passed")
+    fast = main_job.ships("m", runs, {"fp32": 1.0, "fp16": 0.9, "int8": 2.4}, tmp_path)
+    assert fast == ("int8: 2.40x fp32, 2/2 checks, 3 node(s) FP32, the fused CPU form "
+                    "(others: fp32 passed at 1.00x, fp16 passed at 0.90x)")
+    near = main_job.ships("m", runs, {"fp32": 1.0, "fp16": 0.5, "int8": 1.05}, tmp_path)
+    assert near.startswith("fp32: 1.00x fp32, 2/2 checks (others:") and "int8 passed at 1.05x" in near
+    failed = main_job.ships("m", _runs(fp32="passed", int8="KNOWN FAILURE"), {"fp32": 1.0, "int8": 3.0}, tmp_path)
+    assert failed == "fp32: 1.00x fp32, 2/2 checks (others: int8 known failure)"
+    assert main_job.ships("m", _runs(fp32="FAILED"), {"fp32": 1.0}, tmp_path) == \
+        "nothing: fp32 did not pass the gate (FAILED)"
