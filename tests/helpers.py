@@ -14,11 +14,20 @@ from batchforge.runtime.artifacts import ModelArtifacts, Precision, file_record,
 from batchforge.runtime.spec import ModelSpec, Preprocess, ProfileRange, TensorSpec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+GENERATED_DOCS = {"cli.md"}  # written by scripts/gen_cli_reference.py: help text, no commands to run
+
+
+def guide_pages() -> list[Path]:
+    """README.md, then the hand-written docs/ pages in name order: where the commands tests run live."""
+    return [README, *sorted(p for p in DOCS.glob("*.md") if p.name not in GENERATED_DOCS)]
 
 
 def readme_blocks(kind: str) -> list[str]:
-    """The README's fenced blocks of one kind (console, python, json), in order."""
-    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), flags=re.S)
+    """The fenced blocks of one kind (console, python, json) in README.md and then docs/*.md, in order
+    (README's first, so the Quick tour is the first console block)."""
+    return [block for page in guide_pages()
+            for block in re.findall(rf"```{kind}\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 def quick_tour() -> list[list[str]]:

@@ -1,4 +1,4 @@
-"""README 'Your own model' walkthrough, run as written (on a copy of examples/ in a tmp folder):
+"""docs/your-own-model.md's walkthrough, run as written (on a copy of examples/ in a tmp folder):
 torchvision squeezenet1_1 export -> convert -> calibrate -> parity fp32/fp16/int8 on held-out
 images, and a two-input model export -> parity -> run; a perturbed weight fails parity by name."""
 
@@ -27,7 +27,7 @@ SQUEEZENET_CHECKS = ["raw_cosine[logits]", "raw_max_rel[logits]", *(n.format(o="
 
 
 def run_line(line: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    """One README console line: ``export PYTHONPATH=...``, ``python SCRIPT ...`` or ``batchforge ...``."""
+    """One walkthrough console line: ``export PYTHONPATH=...``, ``python SCRIPT ...`` or ``batchforge ...``."""
     command = shlex.split(line.split("#")[0].removeprefix("$ "))
     if command[0] == "export":
         name, _, value = command[1].partition("=")

@@ -1,4 +1,5 @@
-"""README examples really run (the Quick tour's commands and the Python API block)."""
+"""README examples really run (the Quick tour's commands and the Python API block), and docs/zoo.md's
+per-family block."""
 
 import os
 import runpy
@@ -45,7 +46,7 @@ def test_quick_tour_and_python_api_run(resnet_calibrated, tmp_path, monkeypatch,
 
 def test_per_family_examples_run(detection_artifacts, anomaly_artifacts, dense_artifacts, mtcnn_artifacts,
                                  tmp_path, monkeypatch, capsys):
-    """The README's per-family block, line by line, with its infer_config.json example."""
+    """docs/zoo.md's per-family block, line by line, with its infer_config.json example."""
     for root in (detection_artifacts, anomaly_artifacts, dense_artifacts, mtcnn_artifacts):
         shutil.copytree(root, tmp_path / "artifacts", dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
