@@ -360,7 +360,9 @@ def ships(name: str, runs: dict[str, dict], speeds: dict[str, float], artifacts:
         judged = [c for c in run["checks"] if c.get("role", "agreement") != "shown"]
         return f"{sum(c['passed'] for c in judged)}/{len(judged)} checks"
 
-    passed = [p for p in HIGHER_FIRST if runs.get(p, {}).get("status") == "passed" and p in speeds]
+    nodes, quantized = int8_fp32_nodes(artifacts / name) if artifacts is not None else ("", True)
+    passed = [p for p in HIGHER_FIRST if runs.get(p, {}).get("status") == "passed" and p in speeds
+              and (p != "int8" or quantized)]
     if "fp32" not in passed:
         return "nothing: fp32 did not pass the gate (" + (runs.get("fp32", {}).get("status") or "not run") + ")"
     chosen = "fp32"
@@ -368,8 +370,8 @@ def ships(name: str, runs: dict[str, dict], speeds: dict[str, float], artifacts:
         if speeds[precision] >= SHIP_MARGIN * speeds[chosen]:
             chosen = precision
     said = f"{chosen}: {speeds[chosen]:.2f}x fp32, {checks(runs[chosen])}"
-    if chosen == "int8" and artifacts is not None:
-        said += f", {int8_fp32_nodes(artifacts / name)}"
+    if chosen == "int8" and nodes:
+        said += f", {nodes}"
     others = []
     for precision in HIGHER_FIRST:
         if precision == chosen or precision not in runs:
@@ -377,22 +379,27 @@ def ships(name: str, runs: dict[str, dict], speeds: dict[str, float], artifacts:
         status = runs[precision]["status"]
         if status != "passed":
             others.append(f"{precision} {status.lower()}")
+        elif precision == "int8" and not quantized:
+            others.append(f"int8 passed at {speeds.get('int8', float('nan')):.2f}x but quantizes nothing "
+                          "(every node FP32: fp32 arithmetic)")
         elif precision in speeds:
             others.append(f"{precision} passed at {speeds[precision]:.2f}x")
     return said + (f" (others: {', '.join(others)})" if others else "")
 
 
-def int8_fp32_nodes(folder: Path) -> str:
-    """How many nodes the int8 artifact the CPU backend ships keeps in FP32 (calibration.json)."""
+def int8_fp32_nodes(folder: Path) -> tuple[str, bool]:
+    """How many nodes the int8 artifact the CPU backend ships keeps in FP32 (calibration.json), and
+    whether it quantizes anything at all (an int8 artifact with every node FP32 is FP32 arithmetic)."""
     try:
         record = json.loads((folder / "calibration.json").read_text())
     except (OSError, ValueError):
-        return "FP32 nodes unknown (no calibration.json)"
+        return "FP32 nodes unknown (no calibration.json)", True
+    quantized = record.get("effect", {}).get("quantize_nodes", 1) > 0
     cpu = record.get("cpu", {})
     if cpu.get("adopted"):
         kept = len(cpu.get("excluded", [])) + len(cpu.get("excluded_for_cpu", []))
-        return f"{kept} node(s) FP32, the fused CPU form"
-    return f"{len(record.get('excluded_by_sensitivity', []))} node(s) FP32, the Q/DQ form as written"
+        return f"{kept} node(s) FP32, the fused CPU form", quantized
+    return f"{len(record.get('excluded_by_sensitivity', []))} node(s) FP32, the Q/DQ form as written", quantized
 
 
 def print_summary(reports: list[Path], runs: dict, timings: dict[str, float],

@@ -120,3 +120,14 @@ def test_what_ships_is_the_fastest_passing_precision_and_near_ties_go_higher(mai
     assert failed == "fp32: 1.00x fp32, 2/2 checks (others: int8 known failure)"
     assert main_job.ships("m", _runs(fp32="FAILED"), {"fp32": 1.0}, tmp_path) == \
         "nothing: fp32 did not pass the gate (FAILED)"
+
+
+def test_an_int8_artifact_that_quantizes_nothing_never_ships(main_job, tmp_path):
+    """mtcnn_pnet's int8 keeps all five convolutions FP32: 1.31x fp32 in one CI run is noise."""
+    (tmp_path / "pnet").mkdir()
+    (tmp_path / "pnet" / "calibration.json").write_text(json.dumps(
+        {"excluded_by_sensitivity": [f"c{i}" for i in range(5)], "effect": {"quantize_nodes": 0},
+         "cpu": {"adopted": True, "excluded": [f"c{i}" for i in range(5)], "excluded_for_cpu": []}}))
+    said = main_job.ships("pnet", _runs(fp32="passed", int8="passed"), {"fp32": 1.0, "int8": 1.31}, tmp_path)
+    assert said == ("fp32: 1.00x fp32, 2/2 checks (others: int8 passed at 1.31x but quantizes nothing "
+                    "(every node FP32: fp32 arithmetic))")
