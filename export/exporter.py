@@ -179,12 +179,13 @@ def baked_batch_error(findings: list[checks.LintFinding], failed: ExportError, i
         return ExportError(f"batch size baked into the graph: {where} (so {failed.message})",
                            hint="use shape-derived sizes (x.shape[0] / -1) instead of constants in forward()")
     category = FailureCategory(info.fallback_category)
-    advice = (f"the TorchScript trace records a size that forward() reads as a Python number as a constant, "
-              f"even where the module runs at any batch in PyTorch; fix what torch.export refused so "
-              f"its exporter, which keeps the batch symbolic, is used: {category.advice}; another "
-              f"--trace-batch only moves the constant")
     if category is FailureCategory.SHAPE_CONSTRAINT:  # torch.export found the module fixes the batch
         advice = category.advice
+    else:
+        advice = (f"the TorchScript trace records a size that forward() reads as a Python number as a "
+                  f"constant, even where the module runs at any batch in PyTorch; fix what torch.export "
+                  f"refused so its exporter, which keeps the batch symbolic, is used: {category.advice}; "
+                  f"another --trace-batch only moves the constant")
     return ExportError(
         f"batch size baked into the graph by the TorchScript trace at batch {trace_batch}, the "
         f"fallback taken because torch.export failed ({category.value}: {info.fallback_reason}): "

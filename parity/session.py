@@ -51,6 +51,7 @@ class EvalSet:
 class ReferenceRun:
     raw: dict[str, np.ndarray]
     metas: list[Any]
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # from the reference alone: once for all precisions
 
 
 @dataclass
@@ -118,6 +119,7 @@ class ModelContext:
     eval_set: EvalSet
     reference: ReferenceRun
     engine: EngineRun
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # what a family computes once per run
 
 
 class ParitySession:

@@ -190,9 +190,19 @@ class TensorsParity(FamilyParity):
         """The tier with the spec's tolerances for ``output`` (a declared ``max_rel`` replaces the
         tier's raw max rel: it can loosen as well as tighten), never below the preprocessing floor
         (parity/preprocess_floor.py)."""
-        limits = output_limits(ctx.limits, self._options(ctx).output(output), output, ctx.precision)
-        floor = self._floor(ctx, output)
-        return limits if floor is None else floored(limits, floor)[0]
+        return self._floored_limits(ctx, output)[0]
+
+    def _floored_limits(self, ctx: ModelContext, output: str) -> tuple[dict[str, Limit], OutputFloor | None,
+                                                                       list[str]]:
+        """The output's limits with the preprocessing floor applied, the floor, and the keys it
+        raised; measured once per run (the gate's raw checks and the task checks both ask)."""
+        key = ("tensors floored limits", output)
+        if key not in ctx.memo:
+            limits = output_limits(ctx.limits, self._options(ctx).output(output), output, ctx.precision)
+            floor = self._floor(ctx, output)
+            applied, raised = floored(limits, floor) if floor is not None else (limits, [])
+            ctx.memo[key] = (applied, floor, raised)
+        return ctx.memo[key]
 
     def _floor(self, ctx: ModelContext, output: str) -> OutputFloor | None:
         """The preprocessing floor of one output; None when no item is an image (both sides then
@@ -205,8 +215,8 @@ class TensorsParity(FamilyParity):
                                                             ctx.engine.prepared)[output]
         if not ref.shape == eng.shape == on_runtime.shape:
             return None
-        ref, on_runtime, _ = self.raw_view(ctx, output, ref, on_runtime)
-        return measure(ref, on_runtime, self.raw_view(ctx, output, ctx.reference.raw[output], eng)[1])
+        ref_view, on_runtime, _ = self.raw_view(ctx, output, ref, on_runtime)
+        return measure(ref_view, on_runtime, self.raw_view(ctx, output, ref, eng)[1])
 
     def raw_view(self, ctx: ModelContext, output: str, ref: np.ndarray, eng: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -230,14 +240,15 @@ class TensorsParity(FamilyParity):
         for name in ctx.spec.outputs:
             ref, eng = ctx.reference.raw[name], ctx.engine.raw[name]
             output = options.output(name)
-            checks += sanity_checks(name, ref, output.kind, sources)
+            key = ("tensors sanity", name)
+            if key not in ctx.reference.memo:  # the reference's own: the same for every precision
+                ctx.reference.memo[key] = sanity_checks(name, ref, output.kind, sources)
+            checks += ctx.reference.memo[key]
             if ref.shape != eng.shape:
                 continue  # the gate's raw_shape check names it
-            limits = self.output_limits(ctx, name)
-            floor = self._floor(ctx, name)
+            limits, floor, raised = self._floored_limits(ctx, name)
             if floor is not None:
-                tier = output_limits(ctx.limits, output, name, ctx.precision)
-                checks.append(floor_check(name, floor, limits, floored(tier, floor)[1]))
+                checks.append(floor_check(name, floor, limits, raised))
             plain = output.kind in (OutputKind.VALUES, OutputKind.LOGITS, OutputKind.PROBABILITIES)
             checks += value_checks(name, ref, eng, limits, sources, f"; {note}" if note else "", cosine=plain)
             if output.kind.is_scores:

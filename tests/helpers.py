@@ -112,6 +112,17 @@ def replant_onnx(artifacts: ModelArtifacts, precision: Precision, mutate) -> Non
     write_json_atomic(sidecar, record)
 
 
+def load_script(name: str):
+    """``scripts/NAME.py`` imported as a module (the scripts folder is no package), to test its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def export_factory(root: Path, factory: str, spec: dict, *extra: str) -> int:
     """``batchforge export --factory user_models:FACTORY`` of ``spec`` (written as ROOT/NAME.json)
     into ROOT/artifacts, as a user exports their own model; the exit code."""

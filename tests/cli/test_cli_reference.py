@@ -1,19 +1,12 @@
 """docs/cli.md is the parser's own help, regenerated in memory here: a stale page fails the suite."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gen_cli_reference.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def generator():
-    spec = importlib.util.spec_from_file_location("gen_cli_reference_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gen_cli_reference")
 
 
 def test_cli_reference_is_current(generator):

@@ -1,20 +1,14 @@
 """The main job's lanes: every zoo model in exactly one lane, an ensemble's members together."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "main_job.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def main_job():
-    spec = importlib.util.spec_from_file_location("main_job_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("main_job")
 
 
 MODELS = [{"name": n} for n in ("anomaly", "detector", "facepose", "keypoints", "ptycho",

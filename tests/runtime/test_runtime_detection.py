@@ -1,6 +1,5 @@
 """Detection and face-pose post-processing and pipelines, on tiny dense ONNX graphs."""
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -9,7 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from helpers import write_artifact
+from helpers import load_script, write_artifact
 from onnx import TensorProto, helper, numpy_helper
 
 from batchforge.errors import ConfigError, InputValidationError
@@ -248,8 +247,5 @@ def test_pose_decoding_and_projection_follow_the_camera():
 
 
 def test_shipped_face_reference_is_reproducible():
-    path = ROOT / "scripts" / "make_face_reference.py"
-    spec = importlib.util.spec_from_file_location("make_face_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_face_reference")
     np.testing.assert_array_equal(module.face_reference(), face_reference())
